@@ -1,0 +1,192 @@
+// CUDA entry points of the int8q ops: input checks, device guard, and dispatch by M and
+// shape to the kernel families declared in kernels.h. Everything runs on the current
+// stream, allocates only through PyTorch's caching allocator and never synchronizes with
+// the host (quantize_weight, an offline op, excepted: it must reject non-finite weights).
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "kernels.h"
+
+namespace int8q {
+namespace cuda {
+namespace {
+
+StaticParam static_param(const c10::optional<at::Tensor>& t) {
+  StaticParam p;
+  if (!t.has_value()) return p;
+  p.present = true;
+  if (t->device().is_cpu()) {
+    p.value = t->item<float>();  // a CPU tensor: no device sync
+  } else {
+    p.ptr = t->data_ptr<float>();
+  }
+  return p;
+}
+
+OutType out_type_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return OutType::kFloat;
+    case at::kHalf: return OutType::kHalf;
+    case at::kBFloat16: return OutType::kBFloat16;
+    default: TORCH_CHECK(false, "int8q: unsupported output dtype ", t);
+  }
+}
+
+void set_bias(Epilogue& ep, const c10::optional<at::Tensor>& bias, at::Tensor& holder) {
+  if (!bias.has_value()) return;
+  holder = bias->contiguous();
+  ep.bias = holder.data_ptr();
+  switch (holder.scalar_type()) {
+    case at::kFloat: ep.bias_type = BiasType::kFloat; break;
+    case at::kHalf: ep.bias_type = BiasType::kHalf; break;
+    default: ep.bias_type = BiasType::kBFloat16; break;
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+int num_sms() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+
+// A [M, K] int8 (row stride lda) x W [N, K]^T with the epilogue ep, into out [M, N].
+void run_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
+              const Epilogue& ep, void* out, OutType out_type, cudaStream_t stream) {
+  const bool tensor_core_ok = k % 16 == 0 && lda % 16 == 0 && aligned16(a) && aligned16(w);
+  if (!tensor_core_ok) {
+    gemm_generic(a, lda, w, m, n, k, ep, out, out_type, stream);
+    return;
+  }
+  const int sms = num_sms();
+  const auto* prop = at::cuda::getCurrentDeviceProperties();
+  if (prop->major == 9 && prop->minor == 0 &&
+      gemm_sm90a(a, lda, w, m, n, k, ep, out, out_type, sms, stream)) {
+    return;
+  }
+  gemm_sm80(a, lda, w, m, n, k, ep, out, out_type, sms, stream);
+}
+
+at::Tensor rows_view(const at::Tensor& x, int64_t k) {
+  // [..., K] -> [M, K] with a unit stride along K (copies only when it must).
+  return x.reshape({-1, k}).contiguous();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> quantize_weight_cuda(const at::Tensor& weight, bool per_channel) {
+  check_quantize_weight(weight);
+  const c10::cuda::CUDAGuard guard(weight.device());
+  TORCH_CHECK(at::isfinite(weight).all().item<bool>(),
+              "int8q.quantize_weight: weight contains NaN or Inf; only finite weights can be quantized");
+  const at::Tensor w = weight.contiguous();
+  const int64_t n = w.size(0), k = w.size(1);
+  at::Tensor q = at::empty({n, k}, w.options().dtype(at::kChar));
+  at::Tensor scale = at::empty({per_channel ? n : 1}, w.options().dtype(at::kFloat));
+  quantize_weight_rows(w, per_channel, q.data_ptr<int8_t>(), scale.data_ptr<float>(),
+                       at::cuda::getCurrentCUDAStream());
+  return {q, scale};
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_activation_cuda(const at::Tensor& x,
+                                                            const c10::optional<at::Tensor>& scale,
+                                                            const c10::optional<at::Tensor>& shift) {
+  check_activation_args("quantize_activation", x, scale, shift);
+  const int64_t k = x.size(-1);
+  check_k("quantize_activation", k);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
+  const int64_t m = x.numel() / k;
+  at::Tensor row_scale = at::empty({m}, x.options().dtype(at::kFloat));
+  if (m > 0) {
+    const at::Tensor x2 = rows_view(x, k);
+    quantize_rows(x2, m, k, k, static_param(scale), static_param(shift), q.data_ptr<int8_t>(),
+                  row_scale.data_ptr<float>(), at::cuda::getCurrentCUDAStream());
+  }
+  if (scale.has_value()) {
+    return {q, scale->to(x.options().dtype(at::kFloat)).reshape({1}).clone()};
+  }
+  std::vector<int64_t> scale_shape(x.sizes().begin(), x.sizes().end() - 1);
+  return {q, row_scale.reshape(scale_shape)};
+}
+
+at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& w_scale,
+                       const c10::optional<at::Tensor>& x_scale,
+                       const c10::optional<at::Tensor>& x_shift,
+                       const c10::optional<at::Tensor>& bias) {
+  check_matmul(x, qweight, w_scale, x_scale, x_shift, bias);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t n = qweight.size(0), k = qweight.size(1);
+  const int64_t m = x.numel() / k;
+  at::Tensor out = at::empty(output_shape(x, n), x.options());
+  if (m == 0) return out;
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  const at::Tensor x2 = rows_view(x, k);
+  const at::Tensor w = qweight.contiguous();
+  const at::Tensor ws = w_scale.contiguous();
+  Epilogue ep;
+  ep.w_scale = ws.data_ptr<float>();
+  ep.w_scale_stride = ws.numel() == 1 ? 0 : 1;
+  const StaticParam scale = static_param(x_scale), shift = static_param(x_shift);
+  at::Tensor w_sum;
+  if (shift.present) {
+    w_sum = at::empty({n}, x.options().dtype(at::kInt));
+    weight_sums(w.data_ptr<int8_t>(), n, k, w_sum.data_ptr<int32_t>(), stream);
+    ep.w_sum = w_sum.data_ptr<int32_t>();
+    ep.shift = shift;
+  }
+  at::Tensor bias_holder;
+  set_bias(ep, bias, bias_holder);
+  const OutType ot = out_type_of(x.scalar_type());
+
+  if (m <= gemv_max_m() &&
+      gemv_fused(x2, m, n, k, k, w.data_ptr<int8_t>(), scale, shift, ep, out.data_ptr(), ot,
+                 num_sms(), stream)) {
+    return out;
+  }
+  at::Tensor codes = at::empty({m, k}, x.options().dtype(at::kChar));
+  at::Tensor row_scale = at::empty({m}, x.options().dtype(at::kFloat));
+  quantize_rows(x2, m, k, k, scale, shift, codes.data_ptr<int8_t>(), row_scale.data_ptr<float>(),
+                stream);
+  ep.x_scale = row_scale.data_ptr<float>();
+  ep.x_scale_stride = 1;
+  run_gemm(codes.data_ptr<int8_t>(), k, w.data_ptr<int8_t>(), m, n, k, ep, out.data_ptr(), ot, stream);
+  return out;
+}
+
+at::Tensor scaled_mm_cuda(const at::Tensor& xq, const at::Tensor& qweight, const at::Tensor& x_scale,
+                          const at::Tensor& w_scale, const c10::optional<at::Tensor>& bias,
+                          c10::optional<at::ScalarType> out_dtype) {
+  check_scaled_mm(xq, qweight, x_scale, w_scale, bias, out_dtype);
+  const c10::cuda::CUDAGuard guard(xq.device());
+  const int64_t n = qweight.size(0), k = qweight.size(1);
+  const int64_t m = xq.numel() / k;
+  const at::ScalarType dtype = out_dtype.value_or(at::kFloat);
+  at::Tensor out = at::empty(output_shape(xq, n), xq.options().dtype(dtype));
+  if (m == 0) return out;
+  const at::Tensor a = rows_view(xq, k);
+  const at::Tensor w = qweight.contiguous();
+  const at::Tensor xs = x_scale.contiguous();
+  const at::Tensor ws = w_scale.contiguous();
+  Epilogue ep;
+  ep.x_scale = xs.data_ptr<float>();
+  ep.x_scale_stride = xs.numel() == 1 ? 0 : 1;
+  ep.w_scale = ws.data_ptr<float>();
+  ep.w_scale_stride = ws.numel() == 1 ? 0 : 1;
+  at::Tensor bias_holder;
+  set_bias(ep, bias, bias_holder);
+  run_gemm(a.data_ptr<int8_t>(), k, w.data_ptr<int8_t>(), m, n, k, ep, out.data_ptr(),
+           out_type_of(dtype), at::cuda::getCurrentCUDAStream());
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(int8q, CUDA, m) {
+  m.impl("quantize_weight", &quantize_weight_cuda);
+  m.impl("quantize_activation", &quantize_activation_cuda);
+  m.impl("matmul", &matmul_cuda);
+  m.impl("scaled_mm", &scaled_mm_cuda);
+}
+
+}  // namespace cuda
+}  // namespace int8q

@@ -1,0 +1,148 @@
+"""QuantLinear: a drop-in W8A8 replacement for nn.Linear."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["QuantLinear"]
+
+_ACT_MODES = ("dynamic", "static")
+
+
+def _as_scalar_tensor(value: Union[float, Tensor], name: str) -> Tensor:
+    t = torch.as_tensor(value, dtype=torch.float32).detach().reshape(-1)
+    if t.numel() != 1:
+        raise ValueError(f"QuantLinear: {name} must be a single value, got {t.numel()} elements")
+    return t.clone()
+
+
+class QuantLinear(nn.Module):
+    """``y = x @ W.T + b`` with int8 weights and int8 activations.
+
+    Args:
+        in_features, out_features, bias: as for :class:`torch.nn.Linear`.
+        act: ``"dynamic"`` quantizes each row of ``x`` with its own scale at run time;
+            ``"static"`` uses the calibrated per-tensor ``act_scale`` (and ``act_shift``).
+        per_channel: one weight scale per output channel (``True``) or per tensor.
+        shifted: static mode only; also hold an ``act_shift`` for activations whose range is
+            not centred on zero (``q = round((x - shift) / scale)``).
+        device, dtype: where the buffers live and the dtype of ``bias``.
+
+    Buffers: ``qweight`` int8 ``[out, in]``, ``w_scale`` float32 ``[out]`` or ``[1]``,
+    ``bias``, and for static activations ``act_scale`` (and ``act_shift``) float32 ``[1]``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        act: str = "dynamic",
+        per_channel: bool = True,
+        shifted: bool = False,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        if act not in _ACT_MODES:
+            raise ValueError(f"QuantLinear: act must be one of {_ACT_MODES}, got {act!r}")
+        if shifted and act != "static":
+            raise ValueError("QuantLinear: shifted=True needs act='static' (dynamic quantization is symmetric)")
+        if in_features < 1 or out_features < 1:
+            raise ValueError(
+                f"QuantLinear: in_features and out_features must be positive, got {in_features} and {out_features}"
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.act = act
+        self.per_channel = per_channel
+        self.shifted = shifted
+        fdtype = dtype if dtype is not None else torch.get_default_dtype()
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer(
+            "w_scale", torch.ones(out_features if per_channel else 1, dtype=torch.float32, device=device)
+        )
+        self.register_buffer("bias", torch.zeros(out_features, dtype=fdtype, device=device) if bias else None)
+        if act == "static":
+            self.register_buffer("act_scale", torch.ones(1, dtype=torch.float32, device=device))
+        else:
+            self.act_scale = None
+        if shifted:
+            self.register_buffer("act_shift", torch.zeros(1, dtype=torch.float32, device=device))
+        else:
+            self.act_shift = None
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        *,
+        act: str = "dynamic",
+        act_scale: Optional[Union[float, Tensor]] = None,
+        act_shift: Optional[Union[float, Tensor]] = None,
+        per_channel: bool = True,
+    ) -> "QuantLinear":
+        """Quantize an existing :class:`torch.nn.Linear` (its weights are not modified)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"QuantLinear.from_linear expects an nn.Linear, got {type(linear).__name__}")
+        if act == "static" and act_scale is None:
+            raise ValueError("QuantLinear.from_linear: act='static' needs act_scale (from calibration)")
+        if act == "dynamic" and (act_scale is not None or act_shift is not None):
+            raise ValueError("QuantLinear.from_linear: act_scale/act_shift are for act='static' only")
+        weight = linear.weight.detach()
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            act=act,
+            per_channel=per_channel,
+            shifted=act_shift is not None,
+            device=weight.device,
+            dtype=linear.bias.dtype if linear.bias is not None else weight.dtype,
+        )
+        qweight, w_scale = torch.ops.int8q.quantize_weight(weight, per_channel)
+        layer.qweight.copy_(qweight)
+        layer.w_scale.copy_(w_scale)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach())
+        if act_scale is not None:
+            layer.set_act_params(act_scale, act_shift)
+        return layer
+
+    def set_act_params(self, act_scale: Union[float, Tensor], act_shift: Optional[Union[float, Tensor]] = None) -> None:
+        """Set the static activation scale (and shift); checked here, once, not per call."""
+        if self.act != "static":
+            raise ValueError("QuantLinear.set_act_params: this layer uses dynamic activations")
+        if (act_shift is not None) != self.shifted:
+            raise ValueError(
+                f"QuantLinear.set_act_params: this layer was built with shifted={self.shifted}; "
+                f"act_shift must be {'given' if self.shifted else 'None'}"
+            )
+        scale = _as_scalar_tensor(act_scale, "act_scale")
+        if not (torch.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError(f"QuantLinear: act_scale must be finite and positive, got {scale.item()}")
+        self.act_scale.copy_(scale)
+        if act_shift is not None:
+            shift = _as_scalar_tensor(act_shift, "act_shift")
+            if not torch.isfinite(shift).all():
+                raise ValueError(f"QuantLinear: act_shift must be finite, got {shift.item()}")
+            self.act_shift.copy_(shift)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.int8q.matmul(x, self.qweight, self.w_scale, self.act_scale, self.act_shift, self.bias)
+
+    def extra_repr(self) -> str:
+        parts = [
+            f"in_features={self.in_features}",
+            f"out_features={self.out_features}",
+            f"bias={self.bias is not None}",
+            f"act={self.act}",
+            f"per_channel={self.per_channel}",
+        ]
+        if self.shifted:
+            parts.append("shifted=True")
+        return ", ".join(parts)

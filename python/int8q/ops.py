@@ -1,0 +1,107 @@
+"""Typed wrappers over ``torch.ops.int8q.*`` and the fake kernels torch.compile traces with.
+
+Every op is defined once in ``csrc/torch_bindings.cpp``; the plain-torch definition of what
+each computes is in :mod:`int8q.reference`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["quantize_weight", "quantize_activation", "matmul", "scaled_mm"]
+
+
+def quantize_weight(weight: Tensor, per_channel: bool = True) -> Tuple[Tensor, Tensor]:
+    """Quantize an ``[N, K]`` float weight to int8 codes and float32 scales.
+
+    Returns ``(qweight [N, K] int8, w_scale [N] or [1] float32)`` with
+    ``scale = absmax / 127`` and ``q = round_half_even(w / scale)`` in ``[-127, 127]``.
+    """
+    return torch.ops.int8q.quantize_weight.default(weight, per_channel)
+
+
+def quantize_activation(
+    x: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
+    """Quantize ``[..., K]`` activations: dynamic per row (``scale=None``) or static per tensor.
+
+    Returns ``(xq, x_scale)``: ``x_scale`` has shape ``x.shape[:-1]`` (dynamic) or ``[1]``.
+    """
+    return torch.ops.int8q.quantize_activation.default(x, scale, shift)
+
+
+def matmul(
+    x: Tensor,
+    qweight: Tensor,
+    w_scale: Tensor,
+    x_scale: Optional[Tensor] = None,
+    x_shift: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+) -> Tensor:
+    """The W8A8 linear layer: quantize ``x``, int8 GEMM with int32 accumulation, dequantize.
+
+    Returns ``[..., N]`` in ``x.dtype``.
+    """
+    return torch.ops.int8q.matmul.default(x, qweight, w_scale, x_scale, x_shift, bias)
+
+
+def scaled_mm(
+    xq: Tensor,
+    qweight: Tensor,
+    x_scale: Tensor,
+    w_scale: Tensor,
+    bias: Optional[Tensor] = None,
+    out_dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    """``(xq @ qweight.T) * x_scale * w_scale + bias`` for int8 activations; float32 by default."""
+    return torch.ops.int8q.scaled_mm.default(xq, qweight, x_scale, w_scale, bias, out_dtype)
+
+
+# Fake kernels: shapes and dtypes only, so torch.compile and export trace the ops.
+
+
+@torch.library.register_fake("int8q::quantize_weight")
+def _quantize_weight_fake(weight: Tensor, per_channel: bool = True) -> Tuple[Tensor, Tensor]:
+    n = weight.shape[0]
+    qweight = weight.new_empty(weight.shape, dtype=torch.int8)
+    w_scale = weight.new_empty((n if per_channel else 1,), dtype=torch.float32)
+    return qweight, w_scale
+
+
+@torch.library.register_fake("int8q::quantize_activation")
+def _quantize_activation_fake(
+    x: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None
+) -> Tuple[Tensor, Tensor]:
+    xq = x.new_empty(x.shape, dtype=torch.int8)
+    scale_shape = x.shape[:-1] if scale is None else (1,)
+    return xq, x.new_empty(scale_shape, dtype=torch.float32)
+
+
+@torch.library.register_fake("int8q::matmul")
+def _matmul_fake(
+    x: Tensor,
+    qweight: Tensor,
+    w_scale: Tensor,
+    x_scale: Optional[Tensor] = None,
+    x_shift: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+) -> Tensor:
+    torch._check(x.shape[-1] == qweight.shape[1])
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+@torch.library.register_fake("int8q::scaled_mm")
+def _scaled_mm_fake(
+    xq: Tensor,
+    qweight: Tensor,
+    x_scale: Tensor,
+    w_scale: Tensor,
+    bias: Optional[Tensor] = None,
+    out_dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    torch._check(xq.shape[-1] == qweight.shape[1])
+    dtype = out_dtype if out_dtype is not None else torch.float32
+    return xq.new_empty((*xq.shape[:-1], qweight.shape[0]), dtype=dtype)
