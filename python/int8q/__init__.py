@@ -3,7 +3,7 @@
 import torch
 
 from . import _C  # noqa: F401  (loads the op library into torch.ops.int8q)
-from . import ops
+from . import ops, reference
 from .nn import QuantLinear
 from .ops import matmul, quantize_activation, quantize_weight, scaled_mm
 
@@ -14,6 +14,7 @@ __all__ = [
     "has_cuda_kernels",
     "matmul",
     "ops",
+    "reference",
     "quantize_activation",
     "quantize_weight",
     "scaled_mm",

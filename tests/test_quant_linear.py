@@ -1,0 +1,132 @@
+"""QuantLinear: accuracy against nn.Linear, state_dict round trip, torch.compile."""
+
+import pytest
+import torch
+from torch import nn
+
+import int8q
+from int8q import QuantLinear
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def float_dtypes(device):
+    return [torch.float32] if device == "cpu" else [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("per_channel", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dynamic_close_to_linear(device, per_channel, bias):
+    torch.manual_seed(0)
+    for dtype in float_dtypes(device):
+        linear = nn.Linear(256, 96, bias=bias).to(device=device, dtype=dtype)
+        layer = QuantLinear.from_linear(linear, per_channel=per_channel)
+        x = torch.randn(3, 5, 256, device=device, dtype=dtype)
+        y = layer(x)
+        assert y.shape == (3, 5, 96) and y.dtype == dtype
+        assert rel_err(y, linear(x)) < 0.01
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_static_and_shifted_close_to_linear(device):
+    torch.manual_seed(1)
+    dtype = float_dtypes(device)[0]
+    linear = nn.Linear(128, 64).to(device=device, dtype=dtype)
+    x = torch.randn(16, 128, device=device, dtype=dtype)
+    absmax = x.abs().max().float()
+    static = QuantLinear.from_linear(linear, act="static", act_scale=absmax / 127)
+    assert rel_err(static(x), linear(x)) < 0.03
+    # A range that is far from centred on zero: the shift keeps the code range in use.
+    xs = x.abs() + 3.0
+    lo, hi = xs.min().float(), xs.max().float()
+    shifted = QuantLinear.from_linear(linear, act="static", act_scale=(hi - lo) / 255, act_shift=(hi + lo) / 2)
+    plain = QuantLinear.from_linear(linear, act="static", act_scale=hi / 127)
+    ref = linear(xs)
+    assert rel_err(shifted(xs), ref) < rel_err(plain(xs), ref)
+    assert rel_err(shifted(xs), ref) < 0.01
+
+
+def test_matches_op_and_reference():
+    torch.manual_seed(2)
+    linear = nn.Linear(64, 32)
+    layer = QuantLinear.from_linear(linear)
+    x = torch.randn(7, 64)
+    expected = int8q.reference.matmul(x, layer.qweight, layer.w_scale, bias=layer.bias)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_state_dict_round_trip(device):
+    torch.manual_seed(3)
+    dtype = float_dtypes(device)[0]
+    linear = nn.Linear(48, 24).to(device=device, dtype=dtype)
+    x = torch.randn(4, 48, device=device, dtype=dtype)
+    for kwargs in ({}, {"act": "static", "act_scale": 0.02}, {"act": "static", "act_scale": 0.02, "act_shift": 0.1},
+                   {"per_channel": False}):
+        src = QuantLinear.from_linear(linear, **kwargs)
+        fresh = QuantLinear(
+            48, 24, act=kwargs.get("act", "dynamic"), per_channel=kwargs.get("per_channel", True),
+            shifted="act_shift" in kwargs, device=device, dtype=dtype,
+        )
+        fresh.load_state_dict(src.state_dict())
+        assert torch.equal(fresh(x), src(x))
+
+
+def test_state_dict_mismatch_is_a_clear_error():
+    src = QuantLinear.from_linear(nn.Linear(48, 24))
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        QuantLinear(48, 32).load_state_dict(src.state_dict())
+    with pytest.raises(RuntimeError, match="act_scale"):
+        QuantLinear(48, 24, act="static").load_state_dict(src.state_dict())
+
+
+def test_constructor_and_from_linear_errors():
+    with pytest.raises(ValueError, match="act must be one of"):
+        QuantLinear(8, 8, act="int4")
+    with pytest.raises(ValueError, match="needs act_scale"):
+        QuantLinear.from_linear(nn.Linear(8, 8), act="static")
+    with pytest.raises(ValueError, match="finite and positive"):
+        QuantLinear.from_linear(nn.Linear(8, 8), act="static", act_scale=float("nan"))
+    with pytest.raises(ValueError, match="finite and positive"):
+        QuantLinear.from_linear(nn.Linear(8, 8), act="static", act_scale=0.0)
+    with pytest.raises(TypeError, match="expects an nn.Linear"):
+        QuantLinear.from_linear(nn.Conv1d(8, 8, 1))
+
+
+def test_extra_repr():
+    layer = QuantLinear(16, 8, act="static", shifted=True)
+    text = repr(layer)
+    assert "in_features=16" in text and "out_features=8" in text
+    assert "act=static" in text and "shifted=True" in text
+
+
+def test_empty_batch():
+    layer = QuantLinear.from_linear(nn.Linear(16, 8))
+    assert layer(torch.randn(0, 16)).shape == (0, 8)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", ["dynamic", "static"])
+def test_torch_compile_fullgraph_no_recompile_per_batch(device, act):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    dtype = float_dtypes(device)[0]
+    kwargs = {"act_scale": 0.05} if act == "static" else {}
+    model = nn.Sequential(
+        QuantLinear.from_linear(nn.Linear(32, 64).to(device, dtype), act=act, **kwargs),
+        nn.GELU(),
+        QuantLinear.from_linear(nn.Linear(64, 16).to(device, dtype), act=act, **kwargs),
+    )
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    for batch in (2, 3, 5, 9):
+        x = torch.randn(batch, 32, device=device, dtype=dtype)
+        torch._dynamo.mark_dynamic(x, 0)
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    assert counter.frame_count == 1
