@@ -104,7 +104,11 @@ std::tuple<at::Tensor, at::Tensor> quantize_activation_cuda(const at::Tensor& x,
                   row_scale.data_ptr<float>(), at::cuda::getCurrentCUDAStream());
   }
   if (scale.has_value()) {
-    return {q, scale->to(x.options().dtype(at::kFloat)).reshape({1}).clone()};
+    // A CPU scale is written with a fill kernel, not copied: no host sync, graph-capturable.
+    const at::Tensor s = scale->device().is_cpu()
+                             ? at::full({1}, scale->item<float>(), x.options().dtype(at::kFloat))
+                             : scale->reshape({1}).clone();
+    return {q, s};
   }
   std::vector<int64_t> scale_shape(x.sizes().begin(), x.sizes().end() - 1);
   return {q, row_scale.reshape(scale_shape)};

@@ -60,7 +60,19 @@ def scaled_mm(
     return torch.ops.int8q.scaled_mm.default(xq, qweight, x_scale, w_scale, bias, out_dtype)
 
 
-# Fake kernels: shapes and dtypes only, so torch.compile and export trace the ops.
+# Fake kernels: shapes and dtypes only, so torch.compile and export trace the ops. They also
+# run for real tensors when one argument is on the meta device, so they repeat the device
+# check of csrc/checks.h: a mix must fail, not return an uninitialized tensor.
+
+
+def _check_same_device(op: str, name: str, t: Optional[Tensor], ref: Tensor, ref_name: str) -> None:
+    if t is None:
+        return
+    torch._check(
+        t.device == ref.device,
+        lambda: f"int8q.{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; "
+        "all tensors must be on one device",
+    )
 
 
 @torch.library.register_fake("int8q::quantize_weight")
@@ -89,6 +101,9 @@ def _matmul_fake(
     x_shift: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
 ) -> Tensor:
+    _check_same_device("matmul", "qweight", qweight, x, "x")
+    _check_same_device("matmul", "w_scale", w_scale, qweight, "qweight")
+    _check_same_device("matmul", "bias", bias, qweight, "qweight")
     torch._check(x.shape[-1] == qweight.shape[1])
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
@@ -102,6 +117,10 @@ def _scaled_mm_fake(
     bias: Optional[Tensor] = None,
     out_dtype: Optional[torch.dtype] = None,
 ) -> Tensor:
+    _check_same_device("scaled_mm", "qweight", qweight, xq, "xq")
+    _check_same_device("scaled_mm", "x_scale", x_scale, xq, "xq")
+    _check_same_device("scaled_mm", "w_scale", w_scale, qweight, "qweight")
+    _check_same_device("scaled_mm", "bias", bias, qweight, "qweight")
     torch._check(xq.shape[-1] == qweight.shape[1])
     dtype = out_dtype if out_dtype is not None else torch.float32
     return xq.new_empty((*xq.shape[:-1], qweight.shape[0]), dtype=dtype)

@@ -40,7 +40,10 @@ def quantize_weight(weight: Tensor, per_channel: bool = True) -> Tuple[Tensor, T
     w = weight.float()
     if not torch.isfinite(w).all():
         raise ValueError("quantize_weight: weight contains NaN or Inf")
-    absmax = w.abs().amax(dim=1) if per_channel else w.abs().amax().reshape(1)
+    if per_channel:
+        absmax = w.abs().amax(dim=1)
+    else:  # an empty weight has absmax 0 (scale 1), as in the kernels
+        absmax = w.abs().amax().reshape(1) if w.numel() else w.new_zeros(1)
     scale = scale_from_absmax(absmax)
     return quantize_codes(w, scale[:, None] if per_channel else scale, -SYM_MAX), scale
 
@@ -66,7 +69,7 @@ def _quantize_rows(
         codes = quantize_codes(xf, s, -SYM_MAX)
     else:
         codes = quantize_codes(xf - shift.to(xf.device).float().reshape(1), s, SHIFTED_MIN)
-    row_scale = torch.where(finite, s.expand(finite.shape), torch.full_like(finite, float("nan"), dtype=torch.float32))
+    row_scale = torch.where(finite, s.reshape(()), torch.full_like(finite, float("nan"), dtype=torch.float32))
     return codes, row_scale
 
 
