@@ -298,7 +298,14 @@ void launch_tiles(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int6
 
 void gemm_sm80(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
                Epilogue ep, void* out, OutType out_type, int num_sms, cudaStream_t stream) {
-  if (m > 256) {
+  // Larger tiles move fewer shared-memory bytes per MAC (ldmatrix + cp.async traffic is
+  // what caps mma.sync here); they need the shared memory of an A100/H100-class part.
+  const size_t smem = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  if (m > 1024 && smem >= 4 * (128 + 256) * kBK) {
+    launch_tiles<128, 256, 2, 4, 4>(a, lda, w, m, n, k, ep, out, out_type, num_sms, stream);
+  } else if (m > 1024 && smem >= 3 * (128 + 256) * kBK) {
+    launch_tiles<128, 256, 2, 4, 3>(a, lda, w, m, n, k, ep, out, out_type, num_sms, stream);
+  } else if (m > 256) {
     launch_tiles<128, 128, 2, 4, 3>(a, lda, w, m, n, k, ep, out, out_type, num_sms, stream);
   } else if (m > 64) {
     launch_tiles<64, 128, 2, 4, 4>(a, lda, w, m, n, k, ep, out, out_type, num_sms, stream);
