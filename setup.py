@@ -32,7 +32,7 @@ def sources(pattern: str) -> list:
 
 
 def extension():
-    cxx_flags = ["-O3", "-std=c++17", "-DPy_LIMITED_API=0x03090000"]
+    cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", "-DPy_LIMITED_API=0x03090000"]
     src = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
     if not want_cuda():
         print("int8q: building the CPU kernels only")

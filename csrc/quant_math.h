@@ -33,13 +33,31 @@ INT8Q_HD int8_t quantize_code(float v, float scale, float lo) {
   return static_cast<int8_t>(q);
 }
 
-// The dequantized output element: acc * x_scale * w_scale (+ shift * w_scale * w_sum) (+ bias).
+// Rounded float ops that the compiler may not fuse into an FMA, so every backend (and
+// reference.py, which rounds each torch op) produces bit-identical float32 results.
+INT8Q_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;  // host code is built with -ffp-contract=off
+#endif
+}
+INT8Q_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+// The dequantized output element: ((acc * x_scale) * w_scale) (+ shift term) (+ bias),
+// rounded in that order.
 INT8Q_HD float dequantize(int32_t acc, float x_scale, float w_scale) {
-  return static_cast<float>(acc) * x_scale * w_scale;
+  return mul_rn(mul_rn(static_cast<float>(acc), x_scale), w_scale);
 }
 
 INT8Q_HD float shift_term(float shift, float w_scale, int32_t w_sum) {
-  return shift * w_scale * static_cast<float>(w_sum);
+  return mul_rn(mul_rn(shift, w_scale), static_cast<float>(w_sum));
 }
 
 // A static scale must be finite and positive; kernels that cannot raise turn a bad one into NaN.

@@ -20,24 +20,24 @@ __device__ __forceinline__ float load_bias(const Epilogue& ep, int64_t n) {
   }
 }
 
-// Per output channel: w_scale, and the additive term (shift term + bias).
+// Per output channel: w_scale, the shift term and the bias (0 when absent).
 struct ChannelTerms {
   float w_scale;
-  float add;
+  float shift;
+  float bias;
 };
 
 __device__ __forceinline__ ChannelTerms channel_terms(const Epilogue& ep, int64_t n) {
   ChannelTerms t;
   t.w_scale = ep.w_scale[n * ep.w_scale_stride];
-  t.add = 0.f;
-  if (ep.w_sum) t.add = shift_term(ep.shift.load(), t.w_scale, ep.w_sum[n]);
-  if (ep.bias_type != BiasType::kNone) t.add += load_bias(ep, n);
+  t.shift = ep.w_sum ? shift_term(ep.shift.load(), t.w_scale, ep.w_sum[n]) : 0.f;
+  t.bias = ep.bias_type != BiasType::kNone ? load_bias(ep, n) : 0.f;
   return t;
 }
 
+// The same rounding sequence as the CPU kernels and reference.py: no fused multiply-adds.
 __device__ __forceinline__ float apply_epilogue(int32_t acc, float x_scale, const ChannelTerms& t) {
-  const float v = dequantize(acc, x_scale, t.w_scale);
-  return v + t.add;
+  return add_rn(add_rn(dequantize(acc, x_scale, t.w_scale), t.shift), t.bias);
 }
 
 template <typename T>

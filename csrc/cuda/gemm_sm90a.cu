@@ -65,7 +65,7 @@ struct TileConfig {
   static constexpr int kABytes = kBlockM * kBlockK;  // 16 KB
   static constexpr int kWBytes = BN * kBlockK;       // 32 KB or 16 KB
   static constexpr int kStageBytes = kABytes + kWBytes;
-  static constexpr int kTermsBytes = 2 * 2 * BN * 4;  // 2 buffers of w_scale[BN], add[BN]
+  static constexpr int kTermsBytes = 2 * 3 * BN * 4;  // 2 buffers of w_scale, shift, bias [BN]
   static constexpr int kBarrierBytes = 8 * (2 * kStages + 4);
   // + 1 KB so the tiles can be aligned up to the 1024-byte swizzle atom.
   static constexpr int kSmemBytes = kStages * kStageBytes + kTermsBytes + kBarrierBytes + 1024;
@@ -264,7 +264,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* smem = smem_raw + ((1024u - smem_addr(smem_raw) % 1024u) % 1024u);
   const uint32_t smem_a = smem_addr(smem);
   const uint32_t smem_w = smem_a + kStages * Cfg::kABytes;
-  // Channel terms of the tile's BN columns, double-buffered: [buffer][w_scale | add][BN].
+  // Channel terms of the tile's BN columns, double-buffered: [buffer][w_scale | shift | bias][BN].
   float* terms = reinterpret_cast<float*>(smem + kStages * Cfg::kStageBytes);
   const uint32_t full_bar = smem_addr(terms) + Cfg::kTermsBytes;
   const uint32_t empty_bar = full_bar + 8 * kStages;
@@ -312,7 +312,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     } else if (warp == 1) {
-      // Channel terms (w scale, shift term + bias) of each tile's columns, computed while
+      // Channel terms (w scale, shift term, bias) of each tile's columns, computed while
       // the consumers run the main loop, so their epilogue only reads shared memory.
       int it = 0;
       for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++it) {
@@ -320,14 +320,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         tile_coords(tile, tiles_m, tiles_n, tm, tn);
         const int buf = it & 1;
         mbar_wait(terms_empty_bar + 8 * buf, ((it >> 1) & 1) ^ 1);
-        float* w_scale = terms + buf * 2 * BN;
+        float* w_scale = terms + buf * 3 * BN;
 #pragma unroll 4
         for (int c = lane; c < BN; c += 32) {
           const int col = tn * BN + c;
-          ChannelTerms t{0.f, 0.f};
+          ChannelTerms t{0.f, 0.f, 0.f};
           if (col < n) t = channel_terms(ep, col);
           w_scale[c] = t.w_scale;
-          w_scale[BN + c] = t.add;
+          w_scale[BN + c] = t.shift;
+          w_scale[2 * BN + c] = t.bias;
         }
         mbar_arrive(terms_full_bar + 8 * buf);
       }
@@ -380,7 +381,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // column pair 8j + 2 (lane % 4) + {0, 1}.
       const int buf = it & 1;
       mbar_wait(terms_full_bar + 8 * buf, (it >> 1) & 1);
-      const float* w_scale = terms + buf * 2 * BN;
+      const float* w_scale = terms + buf * 3 * BN;
       OutT* out0 = out + row0 * n;
       OutT* out1 = out0 + 8 * static_cast<int64_t>(n);
 #pragma unroll
@@ -390,8 +391,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (col < n) {
           const bool has1 = col + 1 < n;
           const float2 ws = *reinterpret_cast<const float2*>(w_scale + c);
-          const float2 add = *reinterpret_cast<const float2*>(w_scale + BN + c);
-          const ChannelTerms t0{ws.x, add.x}, t1{ws.y, add.y};
+          const float2 sh = *reinterpret_cast<const float2*>(w_scale + BN + c);
+          const float2 b = *reinterpret_cast<const float2*>(w_scale + 2 * BN + c);
+          const ChannelTerms t0{ws.x, sh.x, b.x}, t1{ws.y, sh.y, b.y};
           const float v00 = apply_epilogue(acc[4 * j + 0], xs0, t0);
           const float v01 = apply_epilogue(acc[4 * j + 1], xs0, t1);
           const float v10 = apply_epilogue(acc[4 * j + 2], xs1, t0);
