@@ -18,7 +18,10 @@ MAX_K = 131071  # int32 accumulation is exact while K * 128 * 128 < 2**31
 
 def scale_from_absmax(absmax: Tensor) -> Tensor:
     """absmax / 127; zero absmax -> 1 (codes are all 0); non-finite absmax -> NaN."""
-    scale = absmax.float() / SYM_MAX
+    absmax = absmax.float()
+    # Divide by a tensor, not a Python scalar: on CUDA torch turns division by a scalar into
+    # multiplication by its reciprocal, which is not the IEEE quotient the kernels compute.
+    scale = absmax / torch.full_like(absmax, SYM_MAX)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return torch.where(torch.isfinite(absmax), scale, torch.full_like(scale, float("nan")))
 
