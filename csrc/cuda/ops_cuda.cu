@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+
 #include "../checks.h"
 #include "kernels.h"
 
@@ -48,6 +50,13 @@ void set_bias(Epilogue& ep, const c10::optional<at::Tensor>& bias, at::Tensor& h
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// INT8Q_DISABLE_SM90A=1 routes Hopper GPUs through the mma.sync kernels, so that path stays
+// tested (and comparable) on H100/H200. Read per call: tests flip it at run time.
+bool sm90a_disabled() {
+  const char* v = std::getenv("INT8Q_DISABLE_SM90A");
+  return v != nullptr && v[0] == '1';
+}
+
 int num_sms() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
 // A [M, K] int8 (row stride lda) x W [N, K]^T with the epilogue ep, into out [M, N].
@@ -60,7 +69,7 @@ void run_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t 
   }
   const int sms = num_sms();
   const auto* prop = at::cuda::getCurrentDeviceProperties();
-  if (prop->major == 9 && prop->minor == 0 &&
+  if (prop->major == 9 && prop->minor == 0 && !sm90a_disabled() &&
       gemm_sm90a(a, lda, w, m, n, k, ep, out, out_type, sms, stream)) {
     return;
   }
