@@ -4,13 +4,23 @@ import torch
 
 from . import _C  # noqa: F401  (loads the op library into torch.ops.int8q)
 from . import ops, reference
+from .calibration import ActivationStats, calibrate
 from .nn import QuantLinear
+from .quantize import quantize_model
+from .serialization import load_quantized, save_quantized
+from .smooth import smooth_model
 from .ops import matmul, quantize_activation, quantize_weight, scaled_mm
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationStats",
     "QuantLinear",
+    "calibrate",
+    "load_quantized",
+    "quantize_model",
+    "save_quantized",
+    "smooth_model",
     "has_cuda_kernels",
     "matmul",
     "ops",
