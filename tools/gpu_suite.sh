@@ -53,34 +53,34 @@ run_step() {
 {
   nvidia-smi --query-gpu=index,name,driver_version,memory.total,memory.used,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
     --format=csv 2>&1
-  python -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'
-  python -c 'import triton; print("triton", triton.__version__)' 2>&1
+  python3 -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'
+  python3 -c 'import triton; print("triton", triton.__version__)' 2>&1
   git rev-parse HEAD 2>/dev/null || echo "no git metadata"
 } | tee "$results/environment.log"
 
 if [ "$build" -eq 1 ]; then
   if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
-    cap=$(python -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)
+    cap=$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)
     # sm_90 gets the arch-specific target: the wgmma kernels need sm_90a.
     [ "$cap" = "9.0" ] && cap=9.0a
     [ -n "$cap" ] && export TORCH_CUDA_ARCH_LIST=$cap
   fi
   echo "building for TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-<setup.py default>}"
-  run_step build env MAX_JOBS="${MAX_JOBS:-16}" pip install --no-build-isolation --no-deps -e .
+  run_step build env MAX_JOBS="${MAX_JOBS:-16}" python3 -m pip install --no-build-isolation --no-deps -e .
 fi
 
 if [ "$tests" -eq 1 ]; then
   # Leave about five minutes for the benchmarks.
   test_limit=$(( $(remaining) - 300 ))
   [ "$test_limit" -lt 60 ] && test_limit=60
-  run_step pytest timeout --signal=INT --kill-after=15 "$test_limit" python -m pytest -q tests
+  run_step pytest timeout --signal=INT --kill-after=15 "$test_limit" python3 -m pytest -q tests
 fi
 
-run_step bench_quantize python benchmarks/bench_quantize.py --out "$results" $quick
+run_step bench_quantize python3 benchmarks/bench_quantize.py --out "$results" $quick
 
 matmul_budget=$(( $(remaining) - 30 ))  # the last case, the files and this summary
 [ "$matmul_budget" -lt 30 ] && matmul_budget=30
-run_step bench_matmul python benchmarks/bench_matmul.py --out "$results" --budget-s "$matmul_budget" $quick
+run_step bench_matmul python3 benchmarks/bench_matmul.py --out "$results" --budget-s "$matmul_budget" $quick
 
 echo
 echo "=================== summary ($results)"

@@ -1,0 +1,90 @@
+"""Which int8q kernel path is fastest at each M? The data behind ops_cuda.cu's dispatch.
+
+For each (K, N) and M it times, in one run on one card:
+  fused     int8q.matmul dynamic as dispatched today (the fused small-M kernel where it applies)
+  two-pass  quantize_activation + scaled_mm: the separate quantize kernel + the GEMM int8q picks
+  sm80      the same two-pass with INT8Q_DISABLE_SM90A=1 (mma.sync kernels, split-K at low tile counts)
+and F.linear fp16 as the yardstick. Inputs rotate past L2. Writes dispatch_<card>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import common
+
+DEFAULT_M = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--m", type=common.parse_int_list, default=DEFAULT_M)
+    parser.add_argument("--shapes", type=common.parse_shapes, default=common.LINEAR_SHAPES)
+    common.add_timing_args(parser, warmup_ms=10, rep_ms=40)
+    args = parser.parse_args()
+    device = common.require_cuda("bench_dispatch.py")
+    int8q, why = common.load_int8q()
+    if int8q is None:
+        print(f"bench_dispatch.py: {why}", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+
+    def two_pass(x, qw, ws):
+        xq, xs = int8q.quantize_activation(x)
+        return int8q.scaled_mm(xq, qw, xs, ws, out_dtype=x.dtype)
+
+    def sm80(x, qw, ws):
+        os.environ["INT8Q_DISABLE_SM90A"] = "1"
+        try:
+            return two_pass(x, qw, ws)
+        finally:
+            del os.environ["INT8Q_DISABLE_SM90A"]
+
+    methods = {
+        "fused": lambda x, qw, ws, w: int8q.matmul(x, qw, ws),
+        "two-pass": lambda x, qw, ws, w: two_pass(x, qw, ws),
+        "sm80": lambda x, qw, ws, w: sm80(x, qw, ws),
+    }
+    rows, records = [], []
+    for k, n in args.shapes:
+        w = torch.randn(n, k, device=device, dtype=torch.float16) / k**0.5
+        qw, ws = int8q.quantize_weight(w)
+        for m in args.m:
+            x = torch.randn(m, k, device=device, dtype=torch.float16)
+            per_call = n * k * 3 + m * k * 2
+            copies = common.rotation_copies(per_call, device, bytes_per_copy=n * k * 3)
+            sets = common.Rotation(x, qw, ws, w).take(copies)
+            ref = F.linear(x, w)
+            fp16 = common.time_cuda(common.cycle_calls(lambda x, qw, ws, w: F.linear(x, w), sets),
+                                    args.warmup_ms, args.rep_ms).median_us
+            row = [f"{k}x{n}", m, common.fmt_us(fp16)]
+            rec = {"k": k, "n": n, "m": m, "fp16_us": fp16}
+            for name, fn in methods.items():
+                err = common.rel_err(fn(x, qw, ws, w), ref)
+                if err > 5e-2:
+                    row.append(f"MISMATCH {err:.2g}")
+                    rec[name] = None
+                    continue
+                t = common.time_cuda(common.cycle_calls(fn, sets), args.warmup_ms, args.rep_ms).median_us
+                rec[name + "_us"] = t
+                row.append(f"{common.fmt_us(t)} ({fp16 / t:.2f}x)")
+            rows.append(row)
+            records.append(rec)
+            print(" | ".join(str(c) for c in row), flush=True)
+    machine = common.machine_info(device)
+    slug = common.card_slug(machine["device_name"])
+    os.makedirs(args.out, exist_ok=True)
+    common.write_json(os.path.join(args.out, f"dispatch_{slug}.json"), {"machine": machine, "results": records})
+    table = common.markdown_table(["K x N", "M", "fp16 us", "fused", "two-pass", "sm80 two-pass"], rows, 1)
+    common.write_text(os.path.join(args.out, f"dispatch_{slug}.md"),
+                      "# int8q kernel paths by M\n\n" + common.machine_markdown(machine, common.TIMING_NOTE) + "\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
