@@ -286,12 +286,8 @@ void launch_tiles(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int6
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
     kernel<<<grid, WARPS_M * WARPS_N * 32, kSmem, stream>>>(args);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (splits > 1) {
-      splitk_reduce_kernel<Out><<<elementwise_blocks(m * n), 256, 0, stream>>>(
-          args.partial, splits, m, n, ep, static_cast<Out*>(out));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
   });
+  if (splits > 1) splitk_reduce(args.partial, splits, m, n, ep, out, out_type, stream);
 }
 
 }  // namespace
@@ -312,6 +308,16 @@ void gemm_sm80(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t
   } else {
     launch_tiles<32, 64, 1, 4, 4>(a, lda, w, m, n, k, ep, out, out_type, num_sms, stream);
   }
+}
+
+void splitk_reduce(const int32_t* partial, int splits, int64_t m, int64_t n, Epilogue ep,
+                   void* out, OutType out_type, cudaStream_t stream) {
+  dispatch_out(out_type, [&](auto* tag) {
+    using Out = std::remove_pointer_t<decltype(tag)>;
+    splitk_reduce_kernel<Out><<<elementwise_blocks(m * n), 256, 0, stream>>>(
+        partial, splits, m, n, ep, static_cast<Out*>(out));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 void gemm_generic(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,

@@ -66,6 +66,10 @@ int64_t gemv_max_m();
 void gemm_sm80(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
                Epilogue ep, void* out, OutType out_type, int num_sms, cudaStream_t stream);
 
+// Sums split-K int32 partials [splits, M, N] (exact) and applies the epilogue into out [M, N].
+void splitk_reduce(const int32_t* partial, int splits, int64_t m, int64_t n, Epilogue ep,
+                   void* out, OutType out_type, cudaStream_t stream);
+
 // Any-shape fallback GEMM (no alignment requirements); correct, not fast.
 void gemm_generic(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
                   Epilogue ep, void* out, OutType out_type, cudaStream_t stream);
