@@ -33,6 +33,15 @@
 // - Epilogue: straight from registers (no M x N intermediate): per-row x scale (loaded at
 //   tile start), channel_terms of epilogue.cuh (double-buffered in shared memory, handed over
 //   by an mbarrier pair), apply_epilogue, and stores of two adjacent outputs at a time.
+// - Split-K (few tiles: small M): the persistent loop runs over work units, not tiles. A unit
+//   is (split s, tile), numbered split-major (unit = s * tiles + tile, so each split walks the
+//   tiles in the grouped order), and covers K tiles [s * per, min((s + 1) * per, k_tiles)).
+//   The launcher picks per so that no split is empty. Producer and consumers derive the unit's
+//   coordinates and K range from the same unit index, and both advance their stage / phase
+//   counters once per K tile, so units with different K-tile counts keep them in step. The
+//   split kernel (OutT = int32_t) stores the raw int32 accumulators to partial[s, M, N]
+//   (every in-range element of every split, so the workspace needs no zeroing) and skips the
+//   channel terms; splitk_reduce (gemm_sm80.cu) then sums the splits and applies the epilogue.
 //
 // Built for every arch of the extension; the kernel body exists only for sm_90a
 // (__CUDA_ARCH_FEAT_SM90_ALL), and gemm_sm90a returns false unless INT8Q_HAVE_SM90A is set.
@@ -45,8 +54,12 @@
 #include <cuda.h>  // CUtensorMap and its enums; the encoder itself comes via the runtime
 #include <cudaTypedefs.h>
 
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAFunctions.h>
+
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 
 #include "epilogue.cuh"
 
@@ -57,7 +70,10 @@ namespace {
 constexpr int kBlockM = 128;
 constexpr int kBlockK = 128;  // bytes of K per stage = the 128-byte swizzle span
 constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
-constexpr int kMinRows = 128;  // below one full row tile the sm80 / small-M paths win
+// Fewer rows than this go to the sm80 / small-M paths. From 64 rows on, one (half-empty)
+// row tile split over K streams the weights over every SM; the zero rows cost tensor-core
+// time only, and TMA reads no memory for them.
+constexpr int kMinRows = 64;
 
 template <int BN>
 struct TileConfig {
@@ -89,6 +105,25 @@ __device__ __forceinline__ void tile_coords(int tile, int tiles_m, int tiles_n, 
   const int in_group = tile - group * per_group;
   tm = first_m + in_group % group_m;
   tn = in_group / group_m;
+}
+
+// Work unit -> tile coordinates and K range (see the header: split-major units; without
+// split-K a unit is a tile over all of K). kt_count >= 1: the launcher leaves no split empty.
+template <bool kSplit>
+__device__ __forceinline__ void unit_coords(int unit, int num_tiles, int tiles_m, int tiles_n,
+                                            int k_tiles, int split_k_tiles, int& tm, int& tn,
+                                            int& split, int& kt_begin, int& kt_count) {
+  int tile = unit;
+  split = 0;
+  kt_begin = 0;
+  kt_count = k_tiles;
+  if constexpr (kSplit) {
+    split = unit / num_tiles;
+    tile = unit - split * num_tiles;
+    kt_begin = split * split_k_tiles;
+    kt_count = min(split_k_tiles, k_tiles - kt_begin);
+  }
+  tile_coords(tile, tiles_m, tiles_n, tm, tn);
 }
 
 template <typename T>
@@ -252,12 +287,16 @@ __device__ __forceinline__ void wgmma_s8(int32_t (&d)[64], uint64_t desc_a, uint
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
+// OutT = float / __half / __nv_bfloat16: the full epilogue, one unit per tile (splits = 1).
+// OutT = int32_t: split-K, `out` is the partial workspace [splits, m, n] of raw sums.
 template <int BN, typename OutT>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_sm90a_kernel(const __grid_constant__ CUtensorMap tmap_a,
                       const __grid_constant__ CUtensorMap tmap_w, int m, int n, int k_tiles,
-                      int tiles_m, int tiles_n, Epilogue ep, OutT* __restrict__ out, bool vec2) {
+                      int tiles_m, int tiles_n, int splits, int split_k_tiles, Epilogue ep,
+                      OutT* __restrict__ out, bool vec2) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr bool kSplit = std::is_same<OutT, int32_t>::value;
   using Cfg = TileConfig<BN>;
   constexpr int kStages = Cfg::kStages;
   extern __shared__ uint8_t smem_raw[];
@@ -290,16 +329,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
 
   const int num_tiles = tiles_m * tiles_n;
+  const int num_units = kSplit ? num_tiles * splits : num_tiles;
   if (warpgroup == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kProducerRegs));
     if (warp == 0 && lane == 0) {
-      // TMA producer: keeps every free stage loading, running ahead across tiles.
+      // TMA producer: keeps every free stage loading, running ahead across units.
       int stage = 0;
       uint32_t phase = 0;
-      for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
-        int tm, tn;
-        tile_coords(tile, tiles_m, tiles_n, tm, tn);
-        for (int kt = 0; kt < k_tiles; ++kt) {
+      for (int unit = blockIdx.x; unit < num_units; unit += gridDim.x) {
+        int tm, tn, split, kt_begin, kt_count;
+        unit_coords<kSplit>(unit, num_tiles, tiles_m, tiles_n, k_tiles, split_k_tiles, tm, tn,
+                            split, kt_begin, kt_count);
+        for (int kt = kt_begin; kt < kt_begin + kt_count; ++kt) {
           mbar_wait(empty_bar + 8 * stage, phase ^ 1);  // a fresh barrier passes parity 1
           const uint32_t bar = full_bar + 8 * stage;
           mbar_arrive_expect_tx(bar, Cfg::kStageBytes);
@@ -311,9 +352,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           }
         }
       }
-    } else if (warp == 1) {
+    } else if (warp == 1 && !kSplit) {
       // Channel terms (w scale, shift term, bias) of each tile's columns, computed while
       // the consumers run the main loop, so their epilogue only reads shared memory.
+      // (Split-K leaves them to splitk_reduce.)
       int it = 0;
       for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++it) {
         int tm, tn;
@@ -340,18 +382,24 @@ __global__ void __launch_bounds__(kThreads, 1)
     int stage = 0;
     uint32_t phase = 0;
     int it = 0;
-    for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++it) {
-      int tm, tn;
-      tile_coords(tile, tiles_m, tiles_n, tm, tn);
+    for (int unit = blockIdx.x; unit < num_units; unit += gridDim.x, ++it) {
+      int tm, tn, split, kt_begin, kt_count;
+      unit_coords<kSplit>(unit, num_tiles, tiles_m, tiles_n, k_tiles, split_k_tiles, tm, tn,
+                          split, kt_begin, kt_count);
       // This thread's output rows; their x scales load during the main loop.
       const int64_t row0 = static_cast<int64_t>(tm) * kBlockM + half * 64 + warp * 16 + lane / 4;
       const int64_t row1 = row0 + 8;
       const bool in0 = row0 < m, in1 = row1 < m;
-      const float xs0 = in0 ? ep.x_scale[row0 * ep.x_scale_stride] : 0.f;
-      const float xs1 = in1 ? ep.x_scale[row1 * ep.x_scale_stride] : 0.f;
+      float xs0 = 0.f, xs1 = 0.f;
+      if constexpr (!kSplit) {
+        xs0 = in0 ? ep.x_scale[row0 * ep.x_scale_stride] : 0.f;
+        xs1 = in1 ? ep.x_scale[row1 * ep.x_scale_stride] : 0.f;
+      }
 
+      // kt counts this unit's K tiles from 0 (the producer issues them from kt_begin on);
+      // kt_count >= 1, so the first one overwrites acc and the last one releases its stage.
       int prev_stage = 0;
-      for (int kt = 0; kt < k_tiles; ++kt) {
+      for (int kt = 0; kt < kt_count; ++kt) {
         mbar_wait(full_bar + 8 * stage, phase);
         const uint64_t desc_a = smem_desc(smem_a + stage * Cfg::kABytes + half * 64 * kBlockK);
         const uint64_t desc_w = smem_desc(smem_w + stage * Cfg::kWBytes);
@@ -377,43 +425,74 @@ __global__ void __launch_bounds__(kThreads, 1)
       fence_acc(acc);
       if (lane == 0) mbar_arrive(empty_bar + 8 * prev_stage);
 
-      // Epilogue from registers: rows row0 and row0 + 8; for each 8-column group j, the
-      // column pair 8j + 2 (lane % 4) + {0, 1}.
-      const int buf = it & 1;
-      mbar_wait(terms_full_bar + 8 * buf, (it >> 1) & 1);
-      const float* w_scale = terms + buf * 3 * BN;
-      OutT* out0 = out + row0 * n;
-      OutT* out1 = out0 + 8 * static_cast<int64_t>(n);
+      if constexpr (kSplit) {
+        // Raw int32 sums of this split into partial[split]: rows row0 and row0 + 8, for
+        // each 8-column group j the column pair 8j + 2 (lane % 4) + {0, 1}. Every in-range
+        // (row, col) of the tile is stored, so the workspace needs no zeroing.
+        int32_t* part0 = out + static_cast<int64_t>(split) * m * n + row0 * n;
+        int32_t* part1 = part0 + 8 * static_cast<int64_t>(n);
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j) {
-        const int c = 8 * j + 2 * (lane % 4);
-        const int col = tn * BN + c;
-        if (col < n) {
-          const bool has1 = col + 1 < n;
-          const float2 ws = *reinterpret_cast<const float2*>(w_scale + c);
-          const float2 sh = *reinterpret_cast<const float2*>(w_scale + BN + c);
-          const float2 b = *reinterpret_cast<const float2*>(w_scale + 2 * BN + c);
-          const ChannelTerms t0{ws.x, sh.x, b.x}, t1{ws.y, sh.y, b.y};
-          const float v00 = apply_epilogue(acc[4 * j + 0], xs0, t0);
-          const float v01 = apply_epilogue(acc[4 * j + 1], xs0, t1);
-          const float v10 = apply_epilogue(acc[4 * j + 2], xs1, t0);
-          const float v11 = apply_epilogue(acc[4 * j + 3], xs1, t1);
-          if (vec2 && has1) {
-            if (in0) store_pair(out0 + col, v00, v01);
-            if (in1) store_pair(out1 + col, v10, v11);
-          } else {
-            if (in0) {
-              out0[col] = to_out<OutT>(v00);
-              if (has1) out0[col + 1] = to_out<OutT>(v01);
-            }
-            if (in1) {
-              out1[col] = to_out<OutT>(v10);
-              if (has1) out1[col + 1] = to_out<OutT>(v11);
+        for (int j = 0; j < BN / 8; ++j) {
+          const int c = 8 * j + 2 * (lane % 4);
+          const int col = tn * BN + c;
+          if (col < n) {
+            const bool has1 = col + 1 < n;
+            if (vec2 && has1) {
+              const int2 p0 = make_int2(acc[4 * j + 0], acc[4 * j + 1]);
+              const int2 p1 = make_int2(acc[4 * j + 2], acc[4 * j + 3]);
+              if (in0) *reinterpret_cast<int2*>(part0 + col) = p0;
+              if (in1) *reinterpret_cast<int2*>(part1 + col) = p1;
+            } else {
+              if (in0) {
+                part0[col] = acc[4 * j + 0];
+                if (has1) part0[col + 1] = acc[4 * j + 1];
+              }
+              if (in1) {
+                part1[col] = acc[4 * j + 2];
+                if (has1) part1[col + 1] = acc[4 * j + 3];
+              }
             }
           }
         }
+      } else {
+        // Epilogue from registers: rows row0 and row0 + 8; for each 8-column group j, the
+        // column pair 8j + 2 (lane % 4) + {0, 1}.
+        const int buf = it & 1;
+        mbar_wait(terms_full_bar + 8 * buf, (it >> 1) & 1);
+        const float* w_scale = terms + buf * 3 * BN;
+        OutT* out0 = out + row0 * n;
+        OutT* out1 = out0 + 8 * static_cast<int64_t>(n);
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          const int c = 8 * j + 2 * (lane % 4);
+          const int col = tn * BN + c;
+          if (col < n) {
+            const bool has1 = col + 1 < n;
+            const float2 ws = *reinterpret_cast<const float2*>(w_scale + c);
+            const float2 sh = *reinterpret_cast<const float2*>(w_scale + BN + c);
+            const float2 b = *reinterpret_cast<const float2*>(w_scale + 2 * BN + c);
+            const ChannelTerms t0{ws.x, sh.x, b.x}, t1{ws.y, sh.y, b.y};
+            const float v00 = apply_epilogue(acc[4 * j + 0], xs0, t0);
+            const float v01 = apply_epilogue(acc[4 * j + 1], xs0, t1);
+            const float v10 = apply_epilogue(acc[4 * j + 2], xs1, t0);
+            const float v11 = apply_epilogue(acc[4 * j + 3], xs1, t1);
+            if (vec2 && has1) {
+              if (in0) store_pair(out0 + col, v00, v01);
+              if (in1) store_pair(out1 + col, v10, v11);
+            } else {
+              if (in0) {
+                out0[col] = to_out<OutT>(v00);
+                if (has1) out0[col + 1] = to_out<OutT>(v01);
+              }
+              if (in1) {
+                out1[col] = to_out<OutT>(v10);
+                if (has1) out1[col + 1] = to_out<OutT>(v11);
+              }
+            }
+          }
+        }
+        mbar_arrive(terms_empty_bar + 8 * buf);
       }
-      mbar_arrive(terms_empty_bar + 8 * buf);
     }
   }
 #elif defined(__CUDA_ARCH__)
@@ -462,10 +541,79 @@ bool encode_operand(CUtensorMap* map, const int8_t* ptr, int64_t rows, int64_t c
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Split-K: K tiles per split and the split count (every split non-empty).
+struct SplitPlan {
+  int splits;
+  int k_tiles_per_split;
+};
+
+constexpr int kMaxSplits = 16;
+constexpr int kMinSplitKTiles = 4;  // K tiles (of 128) each split keeps at least
+
+// Splits K when the tiles leave SMs idle. Cost model, in "steps" (one K tile on every SM):
+// the busiest CTA runs ceil(units / num_sms) units of (K tiles per split + kUnitSteps, the
+// pipeline fill and the epilogue); a split also pays the reduce launch (kReduceSteps) and
+// the int32 partials written and read back (8 bytes per output per split) against the bytes
+// a step streams (num_sms stages). A split must beat no split by kSplitGain (the model is
+// rough; a second kernel and a workspace are not worth a predicted few percent). No split
+// when the tiles alone fill the GPU, which keeps every larger-M shape on the unchanged path.
+SplitPlan pick_splits(int64_t tiles, int64_t k_tiles, int64_t m, int64_t n, int stage_bytes,
+                      int num_sms) {
+  SplitPlan plan{1, static_cast<int>(k_tiles)};
+  if (tiles >= num_sms) return plan;
+  constexpr double kUnitSteps = 2.0, kReduceSteps = 2.0, kSplitGain = 0.9;
+  const double step_bytes = static_cast<double>(num_sms) * stage_bytes;
+  double best = kSplitGain * (static_cast<double>(k_tiles) + kUnitSteps);
+  for (int s = 2; s <= kMaxSplits; ++s) {
+    const int64_t per = ceil_div(k_tiles, s);
+    if (per < kMinSplitKTiles) break;
+    // ceil(k_tiles / per) splits of `per` cover K with a non-empty last split
+    // ((splits - 1) * per < k_tiles); it may be fewer than s.
+    const int64_t splits = ceil_div(k_tiles, per);
+    const double waves = static_cast<double>(ceil_div(tiles * splits, num_sms));
+    const double cost = waves * (static_cast<double>(per) + kUnitSteps) + kReduceSteps +
+                        8.0 * static_cast<double>(splits) * static_cast<double>(m * n) / step_bytes;
+    if (cost < best) {
+      best = cost;
+      plan = {static_cast<int>(splits), static_cast<int>(per)};
+    }
+  }
+  return plan;
+}
+
 template <int BN, typename OutT>
-bool launch(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
-            const Epilogue& ep, void* out, int num_sms, cudaStream_t stream) {
+void launch_kernel(const CUtensorMap& tmap_a, const CUtensorMap& tmap_w, int64_t m, int64_t n,
+                   int k_tiles, int tiles_m, int tiles_n, const SplitPlan& plan,
+                   const Epilogue& ep, OutT* out, bool vec2, int num_sms, cudaStream_t stream) {
   using Cfg = TileConfig<BN>;
+  const int64_t units = static_cast<int64_t>(tiles_m) * tiles_n * plan.splits;
+  const int grid = static_cast<int>(std::min<int64_t>(units, num_sms));
+  auto* kernel = gemm_sm90a_kernel<BN, OutT>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      Cfg::kSmemBytes));
+  kernel<<<grid, kThreads, Cfg::kSmemBytes, stream>>>(
+      tmap_a, tmap_w, static_cast<int>(m), static_cast<int>(n), k_tiles, tiles_m, tiles_n,
+      plan.splits, plan.k_tiles_per_split, ep, out, vec2);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <int BN, typename OutT>
+void launch_direct(const CUtensorMap& tmap_a, const CUtensorMap& tmap_w, int64_t m, int64_t n,
+                   int k_tiles, int tiles_m, int tiles_n, const SplitPlan& plan,
+                   const Epilogue& ep, void* out, int num_sms, cudaStream_t stream) {
+  const bool vec2 = n % 2 == 0 && reinterpret_cast<uintptr_t>(out) % (2 * sizeof(OutT)) == 0;
+  launch_kernel<BN, OutT>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep,
+                          static_cast<OutT*>(out), vec2, num_sms, stream);
+}
+
+template <int BN>
+bool launch_out(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
+                const Epilogue& ep, void* out, OutType out_type, int num_sms, cudaStream_t stream) {
+  using Cfg = TileConfig<BN>;
+  if (out_type != OutType::kFloat && out_type != OutType::kHalf &&
+      out_type != OutType::kBFloat16) {
+    return false;
+  }
   CUtensorMap tmap_a, tmap_w;
   if (!encode_operand(&tmap_a, a, m, k, lda, kBlockM)) return false;
   if (!encode_operand(&tmap_w, w, n, k, k, BN)) return false;
@@ -473,26 +621,36 @@ bool launch(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n,
   const int tiles_n = static_cast<int>(ceil_div(n, BN));
   const int k_tiles = static_cast<int>(ceil_div(k, kBlockK));
   const int64_t tiles = static_cast<int64_t>(tiles_m) * tiles_n;
-  const int grid = static_cast<int>(std::min<int64_t>(tiles, num_sms));
-  const bool vec2 = n % 2 == 0 && reinterpret_cast<uintptr_t>(out) % (2 * sizeof(OutT)) == 0;
-  auto* kernel = gemm_sm90a_kernel<BN, OutT>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      Cfg::kSmemBytes));
-  kernel<<<grid, kThreads, Cfg::kSmemBytes, stream>>>(
-      tmap_a, tmap_w, static_cast<int>(m), static_cast<int>(n), k_tiles, tiles_m, tiles_n, ep,
-      static_cast<OutT*>(out), vec2);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return true;
-}
+  const SplitPlan plan = pick_splits(tiles, k_tiles, m, n, Cfg::kStageBytes, num_sms);
 
-template <int BN>
-bool launch_out(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
-                const Epilogue& ep, void* out, OutType out_type, int num_sms, cudaStream_t stream) {
+  if (plan.splits > 1) {
+    // int32 partials [splits, M, N]: every element is written by the kernel (no memset).
+    // Allocated on the current stream, which is `stream` (ops_cuda.cu launches everything
+    // there), so the caching allocator reuses the block only after the reduce has run.
+    const at::Tensor partial = at::empty(
+        {plan.splits, m, n},
+        at::TensorOptions().dtype(at::kInt).device(at::kCUDA, c10::cuda::current_device()));
+    int32_t* part = partial.data_ptr<int32_t>();
+    // The allocator's blocks are 512-byte aligned; with N even every (split, row, even col)
+    // is 8-byte aligned.
+    launch_kernel<BN, int32_t>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep, part,
+                               n % 2 == 0, num_sms, stream);
+    splitk_reduce(part, plan.splits, m, n, ep, out, out_type, stream);
+    return true;
+  }
   switch (out_type) {
-    case OutType::kFloat: return launch<BN, float>(a, lda, w, m, n, k, ep, out, num_sms, stream);
-    case OutType::kHalf: return launch<BN, __half>(a, lda, w, m, n, k, ep, out, num_sms, stream);
+    case OutType::kFloat:
+      launch_direct<BN, float>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep, out,
+                               num_sms, stream);
+      return true;
+    case OutType::kHalf:
+      launch_direct<BN, __half>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep, out,
+                                num_sms, stream);
+      return true;
     case OutType::kBFloat16:
-      return launch<BN, __nv_bfloat16>(a, lda, w, m, n, k, ep, out, num_sms, stream);
+      launch_direct<BN, __nv_bfloat16>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep,
+                                       out, num_sms, stream);
+      return true;
   }
   return false;
 }
