@@ -90,6 +90,20 @@ inline void check_static_param(const char* op, const char* name, const at::Tenso
   }
 }
 
+// The per-input-channel multiplier of the activations (SmoothQuant's 1/s): float32 [K] on
+// x's device. Its values are not checked (that would sync a CUDA tensor): a product that is
+// not finite makes its row NaN, like a NaN in x.
+inline void check_smooth(const char* op, const c10::optional<at::Tensor>& x_smooth, const at::Tensor& x) {
+  if (!x_smooth.has_value()) return;
+  TORCH_CHECK(x_smooth->scalar_type() == at::kFloat, "int8q.", op, ": x_smooth must be float32, got ",
+              x_smooth->scalar_type());
+  const int64_t k = x.size(-1);
+  TORCH_CHECK(x_smooth->dim() == 1 && x_smooth->numel() == k, "int8q.", op,
+              ": x_smooth must have shape [K] = [", k, "] (one multiplier per input channel of x), got ",
+              x_smooth->sizes());
+  check_same_device(op, "x_smooth", *x_smooth, x, "x");
+}
+
 inline void check_activation_args(const char* op, const at::Tensor& x,
                                   const c10::optional<at::Tensor>& scale,
                                   const c10::optional<at::Tensor>& shift) {
@@ -103,6 +117,14 @@ inline void check_activation_args(const char* op, const at::Tensor& x,
   }
 }
 
+inline void check_quantize_activation(const at::Tensor& x, const c10::optional<at::Tensor>& scale,
+                                      const c10::optional<at::Tensor>& shift,
+                                      const c10::optional<at::Tensor>& x_smooth) {
+  check_activation_args("quantize_activation", x, scale, shift);
+  check_k("quantize_activation", x.size(-1));
+  check_smooth("quantize_activation", x_smooth, x);
+}
+
 inline void check_quantize_weight(const at::Tensor& weight) {
   check_float("quantize_weight", "weight", weight);
   TORCH_CHECK(weight.dim() == 2, "int8q.quantize_weight: weight must be 2-D [N, K] (nn.Linear layout), got shape ",
@@ -113,9 +135,11 @@ inline void check_quantize_weight(const at::Tensor& weight) {
 inline void check_matmul(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& w_scale,
                          const c10::optional<at::Tensor>& x_scale,
                          const c10::optional<at::Tensor>& x_shift,
-                         const c10::optional<at::Tensor>& bias) {
+                         const c10::optional<at::Tensor>& bias,
+                         const c10::optional<at::Tensor>& x_smooth) {
   check_activation_args("matmul", x, x_scale, x_shift);
   check_qweight("matmul", qweight, x, "x");
+  check_smooth("matmul", x_smooth, x);
   check_w_scale("matmul", w_scale, qweight);
   check_bias("matmul", bias, qweight);
 }

@@ -10,11 +10,13 @@ namespace int8q {
 std::tuple<at::Tensor, at::Tensor> quantize_weight_cpu(const at::Tensor& weight, bool per_channel);
 std::tuple<at::Tensor, at::Tensor> quantize_activation_cpu(const at::Tensor& x,
                                                            const c10::optional<at::Tensor>& scale,
-                                                           const c10::optional<at::Tensor>& shift);
+                                                           const c10::optional<at::Tensor>& shift,
+                                                           const c10::optional<at::Tensor>& x_smooth);
 at::Tensor matmul_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& w_scale,
                       const c10::optional<at::Tensor>& x_scale,
                       const c10::optional<at::Tensor>& x_shift,
-                      const c10::optional<at::Tensor>& bias);
+                      const c10::optional<at::Tensor>& bias,
+                      const c10::optional<at::Tensor>& x_smooth);
 at::Tensor scaled_mm_cpu(const at::Tensor& xq, const at::Tensor& qweight, const at::Tensor& x_scale,
                          const at::Tensor& w_scale, const c10::optional<at::Tensor>& bias,
                          c10::optional<at::ScalarType> out_dtype);

@@ -21,17 +21,23 @@ TORCH_LIBRARY(int8q, m) {
   m.def("quantize_weight(Tensor weight, bool per_channel=True) -> (Tensor qweight, Tensor w_scale)");
 
   // Activation quantization, [..., K] float -> int8 codes and float32 scales.
-  // scale=None: dynamic per row (shape x.shape[:-1]); a row holding NaN/Inf gets a NaN scale.
+  // x_smooth (float32 [K], SmoothQuant's 1/s where no fold exists): x' = x * x_smooth per
+  // channel (one rounded float32 multiply), inside the quantization pass; everything below
+  // then applies to x'. Absent: x' = x.
+  // scale=None: dynamic per row (shape x.shape[:-1]); a row whose x' holds NaN/Inf (x * x_smooth
+  // can overflow) gets a NaN scale. In matmul such a row gives a NaN output row in every mode.
   // scale given (1 element): static per tensor, codes in [-127, 127]; with shift,
-  // q = round((x - shift) / scale) in [-128, 127].
-  m.def("quantize_activation(Tensor x, Tensor? scale=None, Tensor? shift=None) -> (Tensor xq, Tensor x_scale)");
+  // q = round((x' - shift) / scale) in [-128, 127].
+  m.def(
+      "quantize_activation(Tensor x, Tensor? scale=None, Tensor? shift=None, Tensor? x_smooth=None) "
+      "-> (Tensor xq, Tensor x_scale)");
 
-  // The fused W8A8 linear: quantize x (dynamic per row, or static with optional shift),
-  // int8 x int8 -> exact int32, dequantize (x_scale * w_scale [+ shift term]) + bias,
-  // returned as [..., N] in x.dtype.
+  // The fused W8A8 linear: quantize x' = x * x_smooth (x when x_smooth is None; dynamic per
+  // row, or static with optional shift), int8 x int8 -> exact int32, dequantize
+  // (x_scale * w_scale [+ shift term]) + bias, returned as [..., N] in x.dtype.
   m.def(
       "matmul(Tensor x, Tensor qweight, Tensor w_scale, Tensor? x_scale=None, Tensor? x_shift=None, "
-      "Tensor? bias=None) -> Tensor");
+      "Tensor? bias=None, Tensor? x_smooth=None) -> Tensor");
 
   // The same product for activations that are already int8 codes:
   // out = (xq @ qweight^T) * x_scale[m] * w_scale[n] + bias[n], out_dtype default float32.

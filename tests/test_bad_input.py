@@ -30,6 +30,7 @@ def _inputs(device):
         x_shift=torch.tensor([0.1], device=device),
         row_scale=torch.rand(M, generator=g).add(0.01).to(device),
         bias=torch.randn(N, generator=g).to(device),
+        x_smooth=torch.rand(K, generator=g).add(0.5).to(device),
     )
 
 
@@ -38,11 +39,12 @@ def _quantize_weight(a):
 
 
 def _quantize_activation(a):
-    return ops.quantize_activation(a["x"], a.get("x_scale_qa"), a.get("x_shift_qa"))
+    return ops.quantize_activation(a["x"], a.get("x_scale_qa"), a.get("x_shift_qa"), a.get("x_smooth_qa"))
 
 
 def _matmul(a):
-    return ops.matmul(a["x"], a["qweight"], a["w_scale"], a.get("x_scale_mm"), a.get("x_shift_mm"), a.get("bias_mm"))
+    return ops.matmul(a["x"], a["qweight"], a["w_scale"], a.get("x_scale_mm"), a.get("x_shift_mm"), a.get("bias_mm"),
+                      a.get("x_smooth_mm"))
 
 
 def _scaled_mm(a):
@@ -177,6 +179,30 @@ CASES = [
      r"the reduction dimension K must be at least 1, got 0"),
     ("scaled_mm", "K_zero", lambda a: a.update(xq=a["xq"][:, :0], qweight=a["qweight"][:, :0]),
      r"the reduction dimension K must be at least 1, got 0"),
+    # x_smooth: float32 [K]
+    ("quantize_activation", "x_smooth_float16", lambda a: a.update(x_smooth_qa=a["x_smooth"].half()),
+     r"x_smooth must be float32, got Half"),
+    ("quantize_activation", "x_smooth_int32", lambda a: a.update(x_smooth_qa=a["x_smooth"].int()),
+     r"x_smooth must be float32, got Int"),
+    ("quantize_activation", "x_smooth_too_short", lambda a: a.update(x_smooth_qa=a["x_smooth"][:31]),
+     r"x_smooth must have shape \[K\] = \[32\] \(one multiplier per input channel of x\), got \[31\]"),
+    ("quantize_activation", "x_smooth_2d", lambda a: a.update(x_smooth_qa=a["x_smooth"][None]),
+     r"x_smooth must have shape \[K\] = \[32\].*got \[1, 32\]"),
+    ("quantize_activation", "x_smooth_0d", lambda a: a.update(x_smooth_qa=a["x_smooth"][0]),
+     r"x_smooth must have shape \[K\] = \[32\].*got \[\]"),
+    ("quantize_activation", "x_smooth_per_row", lambda a: a.update(x_smooth_qa=a["x_smooth"].expand(M, K)),
+     r"x_smooth must have shape \[K\] = \[32\].*got \[4, 32\]"),
+    ("matmul", "x_smooth_float64", lambda a: a.update(x_smooth_mm=a["x_smooth"].double()),
+     r"x_smooth must be float32, got Double"),
+    ("matmul", "x_smooth_bfloat16", lambda a: a.update(x_smooth_mm=a["x_smooth"].bfloat16()),
+     r"x_smooth must be float32, got BFloat16"),
+    ("matmul", "x_smooth_too_long", lambda a: a.update(x_smooth_mm=torch.cat([a["x_smooth"], a["x_smooth"][:1]])),
+     r"x_smooth must have shape \[K\] = \[32\] \(one multiplier per input channel of x\), got \[33\]"),
+    ("matmul", "x_smooth_for_qweight_not_x", lambda a: a.update(x=a["x"][:, :16], qweight=a["qweight"][:, :16],
+                                                                x_smooth_mm=a["x_smooth"]),
+     r"x_smooth must have shape \[K\] = \[16\].*got \[32\]"),
+    ("matmul", "x_smooth_2d", lambda a: a.update(x_smooth_mm=a["x_smooth"][:, None]),
+     r"x_smooth must have shape \[K\] = \[32\].*got \[32, 1\]"),
 ]
 
 
@@ -324,6 +350,10 @@ DEVICE_CASES = [
      r"w_scale is on {other} but qweight is on {dev}; all tensors must be on one device"),
     ("scaled_mm", "bias", lambda a, o: (a["xq"], a["qweight"], a["row_scale"], a["w_scale"], o(a["bias"]), None),
      r"bias is on {other} but qweight is on {dev}; all tensors must be on one device"),
+    ("matmul", "x_smooth", lambda a, o: (a["x"], a["qweight"], a["w_scale"], None, None, None, o(a["x_smooth"])),
+     r"x_smooth is on {other} but x is on {dev}; all tensors must be on one device"),
+    ("quantize_activation", "x_smooth", lambda a, o: (a["x"], None, None, o(a["x_smooth"])),
+     r"x_smooth is on {other} but x is on {dev}; all tensors must be on one device"),
 ]
 _DEVICE_IDS = [f"{c[0]}-{c[1]}" for c in DEVICE_CASES]
 

@@ -211,6 +211,101 @@ def test_bert_folds_only_value_into_attention_output():
     _assert_fold_is_exact(model, inputs, [f"encoder.layer.{i}.attention.output.dense" for i in range(2)])
 
 
+def tiny_bert(seed=0):
+    """A random BERT whose post-residual LayerNorms carry outlier channels (as trained ones do)."""
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, max_position_embeddings=64)
+    model = transformers.BertModel(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        norms = [model.embeddings.LayerNorm] + [layer.attention.output.LayerNorm for layer in model.encoder.layer]
+        for norm in norms:
+            norm.weight[torch.randperm(64, generator=generator)[:2]] *= 50.0
+    return model
+
+
+def bert_inputs(seed, batch=2, length=24):
+    ids = token_batches(1, seed=seed, batch=batch, length=length)[0]
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def test_bert_smooths_unfoldable_layers_inside_quantlinear(tmp_path):
+    """BERT has one fold per block; SmoothQuant reaches every other layer through QuantLinear."""
+    model = tiny_bert()
+    calib = [bert_inputs(seed) for seed in (1, 2, 3)]
+    inputs = bert_inputs(4, batch=3)
+    stats = calibrate(model, calib, progress=False)
+
+    def hidden(m):
+        with torch.no_grad():
+            return m(**inputs).last_hidden_state.float()
+
+    reference = hidden(model)
+    plain = quantize_model(copy.deepcopy(model), act="static", calib_stats=stats, skip=())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every layer is smoothed: nothing to warn about
+        smoothed = quantize_model(copy.deepcopy(model), act="static", calib_stats=stats, smooth_alpha=0.8, skip=())
+    layers = {n: m for n, m in smoothed.named_modules() if isinstance(m, int8q.QuantLinear)}
+    folded = {f"encoder.layer.{i}.attention.output.dense" for i in range(2)}
+    assert len(layers) == 2 * 6 + 1  # q, k, v, attention output, intermediate, output; the pooler
+    assert {n for n, m in layers.items() if not m.smoothed} == folded
+    assert all(m.smooth.dtype == torch.float32 and (m.smooth > 0).all() for m in layers.values() if m.smoothed)
+    assert "smoothed=True" in repr(smoothed.encoder.layer[0].intermediate.dense)
+    err_plain, err_smooth = rel_error(hidden(plain), reference), rel_error(hidden(smoothed), reference)
+    assert err_smooth < 0.5 * err_plain, (err_smooth, err_plain)
+
+    dynamic = quantize_model(copy.deepcopy(model), act="dynamic", calib_stats=stats, smooth_alpha=0.8, skip=())
+    assert all(m.smoothed for n, m in dynamic.named_modules() if isinstance(m, int8q.QuantLinear) and n not in folded)
+    assert rel_error(hidden(dynamic), reference) < 0.05
+
+    save_quantized(smoothed, tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert {n for n, c in config["layers"].items() if c["smoothed"]} == set(layers) - folded
+    fresh = load_quantized(tiny_bert(seed=7), tmp_path)
+    smoothed_layers = {n for n, m in fresh.named_modules() if isinstance(m, int8q.QuantLinear) and m.smoothed}
+    assert smoothed_layers == set(layers) - folded
+    assert torch.equal(hidden(fresh), hidden(smoothed))
+
+
+def test_layers_calibration_never_reached_are_quantized_unsmoothed_with_one_warning():
+    model = nn.ModuleDict({"used": nn.Linear(8, 8), "unused": nn.Linear(8, 8)})
+    model.forward = lambda x: model["used"](x)
+    with pytest.warns(UserWarning, match="quantized without SmoothQuant") as record:
+        quantize_model(model, act="dynamic", calib_data=[torch.randn(4, 8)], smooth_alpha=0.5, skip=(),
+                       progress=False)
+    assert len(record) == 1 and "  unused" in str(record[0].message) and "  used" not in str(record[0].message)
+    assert model["used"].smoothed and not model["unused"].smoothed
+
+
+def test_an_older_config_without_smoothed_loads(saved):
+    quantized, path, ids = saved
+    config = json.loads((path / CONFIG_NAME).read_text())
+    for layer in config["layers"].values():
+        del layer["smoothed"]
+    (path / CONFIG_NAME).write_text(json.dumps(config))
+    fresh = load_quantized(tiny_llama(seed=9), path)
+    assert torch.equal(logits(fresh, ids), logits(quantized, ids))
+
+
+def test_load_rejects_nonpositive_smooth(tmp_path):
+    model = tiny_bert()
+    stats = calibrate(model, [bert_inputs(1)], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        quantize_model(model, act="static", calib_stats=stats, smooth_alpha=0.8)
+    save_quantized(model, tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tmp_path / TENSORS_NAME))
+    tensors["encoder.layer.0.attention.self.query.smooth"][5] = 0.0
+    save_file(tensors, str(tmp_path / TENSORS_NAME))
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    config["sha256"] = int8q.serialization._sha256(tmp_path / TENSORS_NAME)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    _untouched(tiny_bert, tmp_path, ValueError, "query.smooth: the SmoothQuant multipliers must be finite and positive")
+
+
 def test_static_smoothquant_decoder_end_to_end(llama_case, tmp_path):
     """Calibrate, quantize (static + smoothing), generate, save, reload into a fresh model."""
     model, stats, ids = llama_case
@@ -259,7 +354,8 @@ def test_config_lists_every_layer_with_its_settings(saved):
     assert set(config["layers"]) == quant_layers(quantized)
     layer = config["layers"]["model.layers.0.mlp.down_proj"]
     assert layer == {"in_features": 128, "out_features": 64, "bias": False, "act": "static",
-                     "per_channel": True, "shifted": quantized.model.layers[0].mlp.down_proj.shifted}
+                     "per_channel": True, "shifted": quantized.model.layers[0].mlp.down_proj.shifted,
+                     "smoothed": False}  # LLaMA: every layer's 1/s is folded
 
 
 def test_tied_embeddings_round_trip(tmp_path):

@@ -529,3 +529,227 @@ def test_matmul_worst_case_at_max_k(device, k):
     # Static symmetric at the bound: codes -127.
     xq, _ = int8q.quantize_activation(x, x_scale)
     assert int(xq.min()) == -127
+
+
+# ----------------------------------------------------------------------------- x_smooth
+
+# The per-input-channel multiplier (SmoothQuant's 1/s): the op quantizes x' = x * x_smooth
+# (one float32 multiply per element), and every rule (absmax, static scale and shift, the
+# NaN-row rule) applies to x'.
+
+
+def random_smooth(rng, k, device="cpu", lo=0.05, hi=20.0) -> torch.Tensor:
+    """Positive float32 multipliers, log-uniform in [lo, hi]: some shrink, some grow channels."""
+    return random_scales(rng, k, device, lo=lo, hi=hi)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", [(5, 17), (2, 3, 32), (0, 16), (16,)], ids=str)
+def test_opcheck_quantize_activation_smooth(device, rng, shape, dtype, mode):
+    x = activation(rng, shape, dtype=dtype, device=device)
+    x_scale, x_shift = static_params(mode, device)
+    smooth = random_smooth(rng, shape[-1], device)
+    torch.library.opcheck(ops.quantize_activation.default, (x, x_scale, x_shift, smooth))
+
+
+@no_autograd_warning
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("mkn", [(5, 17, 7), ((2, 3), 32, 8), (0, 16, 4)], ids=str)
+def test_opcheck_matmul_smooth(device, rng, mkn, dtype, mode, bias):
+    m, k, n = mkn
+    x = activation(rng, _xshape(m, k), dtype=dtype, device=device).requires_grad_()
+    qweight, w_scale = quantized_weight(rng, n, k, device)
+    x_scale, x_shift = static_params(mode, device)
+    b = random_bias(rng, n, dtype, device) if bias else None
+    smooth = random_smooth(rng, k, device)
+    torch.library.opcheck(ops.matmul.default, (x, qweight, w_scale, x_scale, x_shift, b, smooth))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", [(0, 16), (1, 17), (7, 33), (64, 100), (2, 3, 48), (5,), (3, 4096), (2, 24576)],
+                         ids=str)
+def test_quantize_activation_smooth_matches_reference(device, rng, shape, dtype, mode):
+    # (2, 24576): fp16/bf16 rows longer than the smoothing kernel keeps in registers.
+    x = activation(rng, shape, dtype=dtype, device=device, offset=0.25 if mode == "shifted" else 0.0)
+    x_scale, x_shift = static_params(mode, device)
+    smooth = random_smooth(rng, shape[-1], device)
+    xq, scale = int8q.quantize_activation(x, x_scale, x_shift, smooth)
+    if len(shape) == 1 and x_scale is not None:
+        ref_q, ref_s = reference.quantize_activation(x[None], x_scale, x_shift, smooth)
+        ref_q = ref_q[0]
+    else:
+        ref_q, ref_s = reference.quantize_activation(x, x_scale, x_shift, smooth)
+    assert xq.device == x.device and scale.device == x.device
+    assert_codes_equal(xq, ref_q)
+    assert_scales_equal(scale, ref_s)
+    assert scale.shape == (shape[:-1] if mode == "dynamic" else (1,))
+    if mode == "dynamic" and x.numel():
+        # The scale comes from x * smooth, not from x.
+        plain_scale = int8q.quantize_activation(x)[1]
+        assert not torch.equal(scale, plain_scale)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_quantize_activation_smooth_equals_quantizing_the_product(device, rng, dtype, mode):
+    # x * smooth is one rounded float32 multiply: quantizing the product computed by torch
+    # gives the same codes and scales.
+    x = activation(rng, (9, 64), dtype=dtype, device=device)
+    x_scale, x_shift = static_params(mode, device)
+    smooth = random_smooth(rng, 64, device)
+    product = x.float() * smooth
+    for got, want in zip(int8q.quantize_activation(x, x_scale, x_shift, smooth),
+                         int8q.quantize_activation(product, x_scale, x_shift)):
+        assert torch.equal(got.cpu(), want.cpu())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_quantize_activation_smooth_near_rounding_boundaries(device, mode):
+    # x' = x * smooth lands within a few ulps of (j + 0.5) * scale: the fast path and its
+    # exact fix-up must both see the same rounded product as reference.py.
+    scale = 4.0 / 127
+    j = torch.arange(-127, 127, dtype=torch.float64) + 0.5
+    smooth = torch.tensor([1 / 3, 0.7, 3.1, 2.0 ** -3]).repeat(64)[: j.numel()].float()
+    base = (j * scale / smooth.double()).float()
+    rows = [base]
+    for direction in (math.inf, -math.inf):
+        v = base
+        for _ in range(2):
+            v = torch.nextafter(v, torch.full_like(v, direction))
+            rows.append(v)
+    x = torch.stack(rows)
+    if mode == "dynamic":  # a column that sets absmax(x') = 127 * scale
+        x = torch.cat([x, torch.full((x.shape[0], 1), 127 * scale)], dim=1)
+        smooth = torch.cat([smooth, torch.ones(1)])
+    pad = -x.shape[1] % 16  # K % 16 == 0: the vector paths
+    x = torch.cat([x, torch.zeros(x.shape[0], pad)], dim=1).to(device)
+    smooth = torch.cat([smooth, torch.ones(pad)]).to(device)
+    x_scale, x_shift = static_params(mode, device, scale=scale, shift=0.0)
+    xq, xs = int8q.quantize_activation(x, x_scale, x_shift, smooth)
+    ref_q, ref_s = reference.quantize_activation(x, x_scale, x_shift, smooth)
+    assert_codes_equal(xq, ref_q)
+    assert_scales_equal(xs, ref_s)
+
+
+def test_quantize_activation_smooth_strided_and_misaligned(device, rng):
+    # A non-contiguous x_smooth, and one whose data does not start 16-byte aligned (the
+    # vector path needs it aligned; the kernel falls back to scalar loads).
+    x = activation(rng, (6, 64), dtype=torch.float16, device=device)
+    wide = random_smooth(rng, 129, device)
+    for smooth in (wide[:128:2], wide[1:65]):
+        assert smooth.shape == (64,)
+        for mode in MODES:
+            x_scale, x_shift = static_params(mode, device)
+            xq, xs = int8q.quantize_activation(x, x_scale, x_shift, smooth)
+            ref_q, ref_s = reference.quantize_activation(x, x_scale, x_shift, smooth)
+            assert_codes_equal(xq, ref_q)
+            assert_scales_equal(xs, ref_s)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("mkn", [(1, 17, 7), (1, 64, 16), (4, 256, 24), (16, 128, 40), (37, 48, 16), ((2, 3), 32, 8),
+                                 (64, 4096, 16)], ids=str)
+def test_matmul_smooth_matches_reference(device, rng, mkn, dtype, mode):
+    # Small M included: on CUDA x_smooth bypasses the fused small-M kernel.
+    m, k, n = mkn
+    x = activation(rng, _xshape(m, k), dtype=dtype, device=device, offset=0.25 if mode == "shifted" else 0.0)
+    qweight, w_scale = quantized_weight(rng, n, k, device, zero_row=True)
+    x_scale, x_shift = static_params(mode, device)
+    b = random_bias(rng, n, dtype, device)
+    smooth = random_smooth(rng, k, device)
+    out = int8q.matmul(x, qweight, w_scale, x_scale, x_shift, b, smooth)
+    ref = reference.matmul(x, qweight, w_scale, x_scale, x_shift, b, smooth)
+    assert out.dtype == x.dtype and out.device == x.device and out.shape == (*x.shape[:-1], n)
+    assert_rows_close(out, ref, extra=epilogue_magnitude(qweight, w_scale, x_shift, b))
+    # The fused op is still the composition of its parts.
+    xq, xs = int8q.quantize_activation(x, x_scale, x_shift, smooth)
+    ref_q, _ = reference.quantize_activation(x, x_scale, x_shift, smooth)
+    assert_codes_equal(xq, ref_q)
+
+
+def test_matmul_all_ones_smooth_is_no_smoothing(device, rng):
+    x = activation(rng, (5, 48), dtype=torch.float16, device=device)
+    qweight, w_scale = quantized_weight(rng, 8, 48, device)
+    ones = torch.ones(48, device=device)
+    for mode in MODES:
+        x_scale, x_shift = static_params(mode, device)
+        assert_rows_close(int8q.matmul(x, qweight, w_scale, x_scale, x_shift, None, ones),
+                          int8q.matmul(x, qweight, w_scale, x_scale, x_shift),
+                          extra=epilogue_magnitude(qweight, w_scale, x_shift))
+
+
+def test_matmul_smooth_recovers_float_linear(device, rng):
+    # SmoothQuant's identity: (x * m) @ (W / m).T == x @ W.T. With outlier channels, smoothing
+    # them away makes the static per-tensor result much closer to the float product.
+    k = 256
+    x = randn(rng, (32, k))
+    x[:, :4] *= 60.0  # outlier channels
+    w = randn(rng, (48, k), scale=0.05)
+    exact = x.double() @ w.double().t()
+    s = (x.abs().amax(dim=0) ** 0.8 / w.abs().amax(dim=0) ** 0.2).float()
+    smooth = 1.0 / s
+
+    def rel(out):
+        return float((out.double().cpu() - exact).norm() / exact.norm())
+
+    qweight, w_scale = int8q.quantize_weight(w.to(device))
+    plain = int8q.matmul(x.to(device), qweight, w_scale, (x.abs().max() / 127).reshape(1).to(device))
+    qweight_s, w_scale_s = int8q.quantize_weight((w * s).to(device))
+    smoothed_scale = ((x * smooth).abs().max() / 127).reshape(1).to(device)
+    smoothed = int8q.matmul(x.to(device), qweight_s, w_scale_s, smoothed_scale, None, None, smooth.to(device))
+    assert rel(smoothed) < 0.02
+    assert rel(smoothed) < 0.5 * rel(plain)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_matmul_smooth_nonfinite_rows(device, rng, dtype, mode):
+    # Rows whose product x * smooth is not finite give NaN output rows, nothing else changes:
+    # a NaN in x, an Inf in x, and a finite x that overflows once multiplied.
+    k, n = 64, 16
+    x = activation(rng, (8, k), dtype=torch.float32, special=False)
+    big = torch.finfo(dtype).max
+    x[1, 3] = math.nan
+    x[4, 10] = math.inf
+    x[:, 20] = 0.0  # channel 20 gets a huge multiplier: only row 6 uses it
+    x[6, 20] = big  # finite in x, Inf in x' below
+    x = x.to(dtype)
+    smooth = random_smooth(rng, k, lo=0.5, hi=2.0)
+    smooth[20] = 2.0 * torch.finfo(torch.float32).max / big
+    smooth = smooth.to(device)
+    x = x.to(device)
+    assert torch.isfinite(x[6]).all() and not torch.isfinite(x[6].float() * smooth).all()
+    qweight, w_scale = quantized_weight(rng, n, k, device)
+    x_scale, x_shift = static_params(mode, device)
+    b = random_bias(rng, n, dtype, device)
+    out = int8q.matmul(x, qweight, w_scale, x_scale, x_shift, b, smooth)
+    ref = reference.matmul(x, qweight, w_scale, x_scale, x_shift, b, smooth)
+    bad = [1, 4, 6]
+    assert torch.isnan(out[bad]).all()
+    good = [r for r in range(8) if r not in bad]
+    assert torch.isfinite(out[good]).all()
+    assert_rows_close(out, ref, extra=epilogue_magnitude(qweight, w_scale, x_shift, b))
+    alone = int8q.matmul(x[good], qweight, w_scale, x_scale, x_shift, b, smooth)
+    assert_rows_close(out[good], alone, extra=epilogue_magnitude(qweight, w_scale, x_shift, b))
+    _, scale = int8q.quantize_activation(x, x_scale, x_shift, smooth)
+    if mode == "dynamic":
+        assert torch.isnan(scale[bad]).all() and torch.isfinite(scale[good]).all()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_smooth_m0_returns_empty(device, rng, mode):
+    qweight, w_scale = quantized_weight(rng, 6, 16, device)
+    x_scale, x_shift = static_params(mode, device)
+    smooth = random_smooth(rng, 16, device)
+    for shape in [(0, 16), (0, 3, 16), (2, 0, 16)]:
+        x = torch.empty(shape, device=device, dtype=torch.bfloat16)
+        out = int8q.matmul(x, qweight, w_scale, x_scale, x_shift, None, smooth)
+        assert out.shape == (*shape[:-1], 6) and out.dtype == torch.bfloat16 and out.device.type == device
+        xq, scale = int8q.quantize_activation(x, x_scale, x_shift, smooth)
+        assert xq.shape == shape and xq.dtype == torch.int8
+        assert scale.shape == (shape[:-1] if mode == "dynamic" else (1,))

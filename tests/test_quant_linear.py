@@ -130,3 +130,95 @@ def test_torch_compile_fullgraph_no_recompile_per_batch(device, act):
         torch._dynamo.mark_dynamic(x, 0)
         torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
     assert counter.frame_count == 1
+
+
+# ----------------------------------------------------------------------------- smoothed
+
+
+def _outlier_case(device, dtype, k=128, n=64, rows=32):
+    """A Linear whose inputs carry outlier channels, and SmoothQuant's 1/s for it."""
+    torch.manual_seed(4)
+    linear = nn.Linear(k, n).to(device=device, dtype=dtype)
+    x = torch.randn(rows, k)
+    x[:, :3] *= 50.0
+    s = x.abs().amax(dim=0) ** 0.8 / linear.weight.detach().float().cpu().abs().amax(dim=0) ** 0.2
+    return linear, x.to(device=device, dtype=dtype), (1.0 / s).to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_smoothed_from_linear_computes_the_same_function(device):
+    dtype = float_dtypes(device)[0]
+    linear, x, smooth = _outlier_case(device, dtype)
+    weight = linear.weight.detach().clone()
+    ref = linear(x)
+    plain = QuantLinear.from_linear(linear, act="static", act_scale=x.abs().max().float() / 127)
+    smoothed_x = x.float() * smooth
+    layer = QuantLinear.from_linear(linear, act="static", act_scale=smoothed_x.abs().max() / 127, smooth=smooth)
+    assert layer.smoothed and layer.smooth.dtype == torch.float32 and torch.equal(layer.smooth, smooth.float())
+    assert rel_err(layer(x), ref) < 0.02
+    assert rel_err(layer(x), ref) < 0.5 * rel_err(plain(x), ref)
+    # qweight holds the weight columns divided by smooth; forward passes smooth to the op.
+    qweight, w_scale = int8q.quantize_weight(linear.weight.detach().float() / smooth)
+    assert torch.equal(layer.qweight, qweight) and torch.equal(layer.w_scale, w_scale)
+    expected = int8q.matmul(x, qweight, w_scale, layer.act_scale, None, layer.bias, smooth.float())
+    assert torch.equal(layer(x), expected)
+    dynamic = QuantLinear.from_linear(linear, smooth=smooth)
+    assert rel_err(dynamic(x), ref) < 0.01
+    assert torch.equal(linear.weight, weight)  # the Linear is not modified
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_smoothed_state_dict_round_trip(device):
+    dtype = float_dtypes(device)[0]
+    linear, x, smooth = _outlier_case(device, dtype)
+    for kwargs in ({}, {"act": "static", "act_scale": 0.05}, {"act": "static", "act_scale": 0.05, "act_shift": 0.1}):
+        src = QuantLinear.from_linear(linear, smooth=smooth, **kwargs)
+        assert "smooth" in src.state_dict()
+        fresh = QuantLinear(128, 64, act=kwargs.get("act", "dynamic"), shifted="act_shift" in kwargs, smoothed=True,
+                            device=device, dtype=dtype)
+        fresh.load_state_dict(src.state_dict())
+        assert torch.equal(fresh.smooth, src.smooth)
+        assert torch.equal(fresh(x), src(x))
+    smoothed_state = QuantLinear.from_linear(linear, smooth=smooth).state_dict()
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: \"smooth\""):
+        QuantLinear(128, 64, device=device, dtype=dtype).load_state_dict(smoothed_state)
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"smooth\""):
+        QuantLinear(128, 64, smoothed=True, device=device, dtype=dtype).load_state_dict(
+            QuantLinear.from_linear(linear).state_dict())
+
+
+def test_smoothed_constructor_repr_and_errors():
+    layer = QuantLinear(16, 8, smoothed=True)
+    assert layer.smooth.shape == (16,) and layer.smooth.dtype == torch.float32 and torch.equal(layer.smooth,
+                                                                                               torch.ones(16))
+    assert "smoothed=True" in repr(layer)
+    assert "smoothed" not in repr(QuantLinear(16, 8)) and QuantLinear(16, 8).smooth is None
+    linear = nn.Linear(16, 8)
+    with pytest.raises(ValueError, match=r"smooth must have shape \[in_features\] = \[16\], got \[8\]"):
+        QuantLinear.from_linear(linear, smooth=torch.ones(8))
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        smooth = torch.ones(16)
+        smooth[3] = bad
+        with pytest.raises(ValueError, match="smooth must be finite and positive"):
+            QuantLinear.from_linear(linear, smooth=smooth)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph_smoothed(device):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    dtype = float_dtypes(device)[0]
+    model = nn.Sequential(
+        QuantLinear.from_linear(nn.Linear(32, 64).to(device, dtype), act="static", act_scale=0.05,
+                                smooth=torch.rand(32, device=device) + 0.5),
+        nn.GELU(),
+        QuantLinear.from_linear(nn.Linear(64, 16).to(device, dtype), smooth=torch.rand(64, device=device) + 0.5),
+    )
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    for batch in (2, 3, 5):
+        x = torch.randn(batch, 32, device=device, dtype=dtype)
+        torch._dynamo.mark_dynamic(x, 0)
+        torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+    assert counter.frame_count == 1

@@ -69,6 +69,9 @@ class OpCase:
     bias: Optional[str] = None  # bias dtype
     param_layout: str = "contiguous"  # "strided": w_scale and bias are strided views
     scale_on_cpu: bool = False  # static x_scale / x_shift held on the CPU
+    # x_smooth of matmul / quantize_activation: "none"; "random" (log-uniform in [1/64, 64]);
+    # "offset" (the same, in a view 4 bytes past 16-byte alignment: the scalar-load path).
+    smooth: str = "none"
     seed: int = 0
 
     @property
@@ -93,6 +96,8 @@ class OpCase:
             parts.append(f"out={self.out_dtype}")
         if self.mode in ("static", "shift"):
             parts.append(f"scale_on={'cpu' if self.scale_on_cpu else 'device'}")
+        if self.smooth != "none":
+            parts.append(f"smooth={self.smooth}")
         return " ".join(parts)
 
     def macs(self) -> int:
@@ -270,8 +275,13 @@ def build(case: OpCase, device) -> Dict[str, object]:
     else:
         x = float_rows(case.m, case.k, dtype, case.data, g, rng, device)
         args["x"] = place(x, lead, case.layout, rng)
+        quantized = x
+        if case.smooth != "none":
+            smooth = 2.0 ** (_rand((case.k + 1,), g, device) * 12 - 6)
+            args["x_smooth"] = smooth[1:] if case.smooth == "offset" else smooth[: case.k]
+            quantized = x.float() * args["x_smooth"]
         if case.mode in ("static", "shift"):
-            scale, shift = _static_values(case, x, rng)
+            scale, shift = _static_values(case, quantized, rng)
             where = torch.device("cpu") if case.scale_on_cpu else device
             shape = (1,) if rng.random() < 0.7 else ()
             args["x_scale"] = torch.full(shape, scale, dtype=torch.float32, device=where)
@@ -304,11 +314,12 @@ def to_device(args: Dict[str, object], device) -> Dict[str, object]:
 def run(case: OpCase, args: Dict[str, object]):
     a = args
     if case.op == "matmul":
-        return int8q.ops.matmul(a["x"], a["qweight"], a["w_scale"], a.get("x_scale"), a.get("x_shift"), a.get("bias"))
+        return int8q.ops.matmul(a["x"], a["qweight"], a["w_scale"], a.get("x_scale"), a.get("x_shift"), a.get("bias"),
+                                a.get("x_smooth"))
     if case.op == "scaled_mm":
         return int8q.ops.scaled_mm(a["xq"], a["qweight"], a["x_scale"], a["w_scale"], a.get("bias"), a["out_dtype"])
     if case.op == "quantize_activation":
-        return int8q.ops.quantize_activation(a["x"], a.get("x_scale"), a.get("x_shift"))
+        return int8q.ops.quantize_activation(a["x"], a.get("x_scale"), a.get("x_shift"), a.get("x_smooth"))
     return int8q.ops.quantize_weight(a["weight"], a["per_channel"])
 
 
@@ -317,11 +328,11 @@ def expected(case: OpCase, args: Dict[str, object]):
     a = args
     if case.op == "matmul":
         return reference.matmul(a["x"].float(), a["qweight"], a["w_scale"], a.get("x_scale"), a.get("x_shift"),
-                                a.get("bias"))
+                                a.get("bias"), a.get("x_smooth"))
     if case.op == "scaled_mm":
         return reference.scaled_mm(a["xq"], a["qweight"], a["x_scale"], a["w_scale"], a.get("bias"), torch.float32)
     if case.op == "quantize_activation":
-        return reference.quantize_activation(a["x"], a.get("x_scale"), a.get("x_shift"))
+        return reference.quantize_activation(a["x"], a.get("x_scale"), a.get("x_shift"), a.get("x_smooth"))
     return reference.quantize_weight(a["weight"], a["per_channel"])
 
 
@@ -528,4 +539,6 @@ def sample_case(rng: random.Random, seed: int, max_macs: int, max_macs_generic: 
     # Re-check the budget: an xq laid out at an offset takes the generic path.
     if op == "scaled_mm" and case.uses_generic_gemm() and case.macs() > max_macs_generic:
         case.layout = "contiguous"
+    if op in ("matmul", "quantize_activation") and rng.random() < 0.2:
+        case.smooth = rng.choice(("random", "random", "offset"))
     return case

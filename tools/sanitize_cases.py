@@ -6,7 +6,7 @@ path for M <= 8 in each of its row-count variants, quantize + tensor-core GEMM a
 generic GEMM (K % 16 != 0, misaligned int8 operands), every GEMM tile shape with M and N
 tails (sm80 mma.sync; sm90a wgmma with 128- and 256-wide tiles, more tiles than SMs), split-K
 (small M, long K), K tiles past the pipeline depth, non-contiguous / misaligned / 3-D
-activations, M = 0, NaN/Inf rows,
+activations, M = 0, NaN/Inf rows, x_smooth (quantize_activation and matmul),
 scaled_mm per-row / per-tensor in every output dtype, quantize_activation in every mode and
 quantize_weight per-channel / per-tensor. Each result is checked against int8q.reference on
 the CPU (outside the sanitized kernels) unless --no-check.
@@ -99,6 +99,15 @@ _TABLE = [
     ("quantize_activation", "static", 4096, (512, 0), (256, 0), dict(dtype="fp16", data="nonfinite")),
     ("quantize_activation", "shift", 4096, (100, 0), (36, 0), dict(dtype="bf16")),
     ("quantize_activation", "dynamic", 17, (1024, 0), (512, 0), dict(dtype="fp16", layout="offset")),
+    # x_smooth: the smoothing quantize kernels (vector and scalar loads, rows past the
+    # register cache), and matmul at small M (which then skips the fused kernel).
+    ("quantize_activation", "dynamic", 17, (4096, 0), (1024, 0), dict(dtype="bf16", smooth="random")),
+    ("quantize_activation", "static", 4096, (512, 0), (256, 0), dict(dtype="fp16", smooth="random",
+                                                                     data="nonfinite")),
+    ("quantize_activation", "shift", 17, (1000, 0), (100, 0), dict(dtype="fp32", smooth="offset")),
+    ("quantize_activation", "dynamic", 3, (24576, 0), (24576, 0), dict(dtype="fp16", smooth="random")),
+    ("matmul", "dynamic", 1, (4096, 257), (1024, 129), dict(dtype="fp16", smooth="random", bias="fp16")),
+    ("matmul", "shift", 200, (1024, 136), (512, 72), dict(dtype="bf16", smooth="offset")),
     # quantize_weight: per-channel / per-tensor, N in {1, 17, 4096}, K tails, zero rows.
     ("quantize_weight", "per_channel", 0, (4095, 1), (1000, 1), dict(dtype="fp16")),
     ("quantize_weight", "per_tensor", 0, (100, 17), (100, 17), dict(dtype="bf16")),

@@ -13,16 +13,23 @@
 namespace int8q {
 namespace {
 
-// Quantizes M rows of K float32 values. row_scale[m] receives the scale used for row m:
-// the dynamic per-row scale, or the static one; NaN where the row holds NaN/Inf, so
-// that row's matmul output is NaN and no other row is affected.
+// Quantizes M rows of K float32 values, each first multiplied by smooth[k] when smooth is
+// given. row_scale[m] receives the scale used for row m: the dynamic per-row scale, or the
+// static one; NaN where the (smoothed) row holds NaN/Inf, so that row's matmul output is NaN
+// and no other row is affected.
 void quantize_rows(const float* x, int64_t m, int64_t k, const float* static_scale,
-                   const float* static_shift, int8_t* codes, float* row_scale) {
+                   const float* static_shift, const float* smooth, int8_t* codes,
+                   float* row_scale) {
   const float lo = static_shift ? kShiftedMin : -kSymMax;
   const float shift = static_shift ? *static_shift : 0.f;
   at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> smoothed(smooth ? k : 0);
     for (int64_t r = begin; r < end; ++r) {
       const float* row = x + r * k;
+      if (smooth) {
+        for (int64_t i = 0; i < k; ++i) smoothed[i] = mul_rn(row[i], smooth[i]);
+        row = smoothed.data();
+      }
       float absmax = 0.f;
       bool finite = true;
       for (int64_t i = 0; i < k; ++i) {
@@ -121,18 +128,20 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_cpu(const at::Tensor& weight,
 
 std::tuple<at::Tensor, at::Tensor> quantize_activation_cpu(const at::Tensor& x,
                                                            const c10::optional<at::Tensor>& scale,
-                                                           const c10::optional<at::Tensor>& shift) {
-  check_activation_args("quantize_activation", x, scale, shift);
+                                                           const c10::optional<at::Tensor>& shift,
+                                                           const c10::optional<at::Tensor>& x_smooth) {
+  check_quantize_activation(x, scale, shift, x_smooth);
   const int64_t k = x.size(-1);
-  check_k("quantize_activation", k);
   const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const at::Tensor sm = x_smooth.has_value() ? x_smooth->contiguous() : at::Tensor();
   const int64_t m = xf.numel() / k;
   at::Tensor q = at::empty(x.sizes(), xf.options().dtype(at::kChar));
   at::Tensor row_scale = at::empty({m}, xf.options());
   const float s = scale.has_value() ? scale->item<float>() : 0.f;
   const float sh = shift.has_value() ? shift->item<float>() : 0.f;
   quantize_rows(xf.data_ptr<float>(), m, k, scale.has_value() ? &s : nullptr,
-                shift.has_value() ? &sh : nullptr, q.data_ptr<int8_t>(), row_scale.data_ptr<float>());
+                shift.has_value() ? &sh : nullptr, sm.defined() ? sm.data_ptr<float>() : nullptr,
+                q.data_ptr<int8_t>(), row_scale.data_ptr<float>());
   if (scale.has_value()) {
     return {q, scale->to(xf.options()).reshape({1}).clone()};
   }
@@ -143,17 +152,20 @@ std::tuple<at::Tensor, at::Tensor> quantize_activation_cpu(const at::Tensor& x,
 at::Tensor matmul_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& w_scale,
                       const c10::optional<at::Tensor>& x_scale,
                       const c10::optional<at::Tensor>& x_shift,
-                      const c10::optional<at::Tensor>& bias) {
-  check_matmul(x, qweight, w_scale, x_scale, x_shift, bias);
+                      const c10::optional<at::Tensor>& bias,
+                      const c10::optional<at::Tensor>& x_smooth) {
+  check_matmul(x, qweight, w_scale, x_scale, x_shift, bias, x_smooth);
   const int64_t k = qweight.size(1);
   const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const at::Tensor sm = x_smooth.has_value() ? x_smooth->contiguous() : at::Tensor();
   const int64_t m = xf.numel() / k;
   std::vector<int8_t> codes(m * k);
   std::vector<float> row_scale(m);
   const float s = x_scale.has_value() ? x_scale->item<float>() : 0.f;
   const float sh = x_shift.has_value() ? x_shift->item<float>() : 0.f;
   quantize_rows(xf.data_ptr<float>(), m, k, x_scale.has_value() ? &s : nullptr,
-                x_shift.has_value() ? &sh : nullptr, codes.data(), row_scale.data());
+                x_shift.has_value() ? &sh : nullptr, sm.defined() ? sm.data_ptr<float>() : nullptr,
+                codes.data(), row_scale.data());
   return gemm_dequant(codes.data(), row_scale.data(), true, m, qweight, w_scale,
                       x_shift.has_value() ? &sh : nullptr, bias,
                       output_shape(x, qweight.size(0)), x.scalar_type());

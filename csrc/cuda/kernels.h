@@ -42,9 +42,12 @@ enum class OutType : int { kFloat = 0, kHalf = 1, kBFloat16 = 2 };
 
 // Row-wise activation quantization: x [M, K] (row stride ldx elements, last dim contiguous)
 // of fp32/fp16/bf16 -> codes [M, K] int8 contiguous, row_scale [M] float32.
-// Dynamic when !scale.present. row_scale is NaN for rows holding NaN/Inf (any mode).
+// smooth: float32 [K] contiguous or nullptr; when set, the rows quantized are
+// x' = mul_rn(x, smooth[k]) (SmoothQuant's per-channel 1/s, applied in the same pass).
+// Dynamic when !scale.present. row_scale is NaN for rows whose x' holds NaN/Inf (any mode).
 void quantize_rows(const at::Tensor& x, int64_t m, int64_t k, int64_t ldx, StaticParam scale,
-                   StaticParam shift, int8_t* codes, float* row_scale, cudaStream_t stream);
+                   StaticParam shift, const float* smooth, int8_t* codes, float* row_scale,
+                   cudaStream_t stream);
 
 // Per-channel weight code sums (for the shift term): w [N, K] int8 contiguous -> w_sum [N].
 void weight_sums(const int8_t* w, int64_t n, int64_t k, int32_t* w_sum, cudaStream_t stream);

@@ -81,6 +81,13 @@ at::Tensor rows_view(const at::Tensor& x, int64_t k) {
   return x.reshape({-1, k}).contiguous();
 }
 
+// The x_smooth multipliers as a contiguous device array (held by `holder`), or nullptr.
+const float* smooth_ptr(const c10::optional<at::Tensor>& x_smooth, at::Tensor& holder) {
+  if (!x_smooth.has_value()) return nullptr;
+  holder = x_smooth->contiguous();
+  return holder.data_ptr<float>();
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> quantize_weight_cuda(const at::Tensor& weight, bool per_channel) {
@@ -99,17 +106,19 @@ std::tuple<at::Tensor, at::Tensor> quantize_weight_cuda(const at::Tensor& weight
 
 std::tuple<at::Tensor, at::Tensor> quantize_activation_cuda(const at::Tensor& x,
                                                             const c10::optional<at::Tensor>& scale,
-                                                            const c10::optional<at::Tensor>& shift) {
-  check_activation_args("quantize_activation", x, scale, shift);
+                                                            const c10::optional<at::Tensor>& shift,
+                                                            const c10::optional<at::Tensor>& x_smooth) {
+  check_quantize_activation(x, scale, shift, x_smooth);
   const int64_t k = x.size(-1);
-  check_k("quantize_activation", k);
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
   const int64_t m = x.numel() / k;
   at::Tensor row_scale = at::empty({m}, x.options().dtype(at::kFloat));
   if (m > 0) {
     const at::Tensor x2 = rows_view(x, k);
-    quantize_rows(x2, m, k, k, static_param(scale), static_param(shift), q.data_ptr<int8_t>(),
+    at::Tensor smooth_holder;
+    quantize_rows(x2, m, k, k, static_param(scale), static_param(shift),
+                  smooth_ptr(x_smooth, smooth_holder), q.data_ptr<int8_t>(),
                   row_scale.data_ptr<float>(), at::cuda::getCurrentCUDAStream());
   }
   if (scale.has_value()) {
@@ -126,8 +135,9 @@ std::tuple<at::Tensor, at::Tensor> quantize_activation_cuda(const at::Tensor& x,
 at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& w_scale,
                        const c10::optional<at::Tensor>& x_scale,
                        const c10::optional<at::Tensor>& x_shift,
-                       const c10::optional<at::Tensor>& bias) {
-  check_matmul(x, qweight, w_scale, x_scale, x_shift, bias);
+                       const c10::optional<at::Tensor>& bias,
+                       const c10::optional<at::Tensor>& x_smooth) {
+  check_matmul(x, qweight, w_scale, x_scale, x_shift, bias, x_smooth);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = qweight.size(0), k = qweight.size(1);
   const int64_t m = x.numel() / k;
@@ -153,15 +163,18 @@ at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& qweight, const at:
   set_bias(ep, bias, bias_holder);
   const OutType ot = out_type_of(x.scalar_type());
 
-  if (m <= gemv_max_m() &&
+  at::Tensor smooth_holder;
+  const float* smooth = smooth_ptr(x_smooth, smooth_holder);
+  // The fused small-M kernel does not apply x_smooth; quantize_rows + GEMM does.
+  if (smooth == nullptr && m <= gemv_max_m() &&
       gemv_fused(x2, m, n, k, k, w.data_ptr<int8_t>(), scale, shift, ep, out.data_ptr(), ot,
                  num_sms(), stream)) {
     return out;
   }
   at::Tensor codes = at::empty({m, k}, x.options().dtype(at::kChar));
   at::Tensor row_scale = at::empty({m}, x.options().dtype(at::kFloat));
-  quantize_rows(x2, m, k, k, scale, shift, codes.data_ptr<int8_t>(), row_scale.data_ptr<float>(),
-                stream);
+  quantize_rows(x2, m, k, k, scale, shift, smooth, codes.data_ptr<int8_t>(),
+                row_scale.data_ptr<float>(), stream);
   ep.x_scale = row_scale.data_ptr<float>();
   ep.x_scale_stride = 1;
   run_gemm(codes.data_ptr<int8_t>(), k, w.data_ptr<int8_t>(), m, n, k, ep, out.data_ptr(), ot, stream);

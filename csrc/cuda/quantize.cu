@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "../quant_math.h"
 #include "kernels.h"
@@ -40,20 +41,59 @@ __device__ __forceinline__ uint32_t row_group_max(uint32_t v, int tpr, uint32_t*
 
 // 16-byte loads a thread keeps in flight; rows of up to kMaxRowThreads * kRowVecs vectors
 // (64 KB) stay in registers between the absmax pass and the quantize pass, so x is read
-// from memory once. Longer rows are read again (from L2) for the second pass.
-constexpr int kRowVecs = 4;
+// from memory once. Longer rows are read again (from L2) for the second pass. With x_smooth
+// the multipliers (one float per element) need registers too: two loads in flight (rows
+// up to 32 KB cached) keep that kernel within 64 registers without spilling.
+template <bool HasSmooth>
+constexpr int kRowVecs = HasSmooth ? 2 : 4;
 constexpr int kMaxRowThreads = 1024;
+
+// The per-channel multipliers of pack j (VEC consecutive channels). The vector path needs
+// smooth 16-byte aligned (checked by the launcher); VEC is 1, 4 or 8.
+template <int VEC>
+__device__ __forceinline__ void load_smooth(const float* __restrict__ smooth, int j, float (&s)[VEC]) {
+  if constexpr (VEC == 1) {
+    s[0] = __ldg(smooth + j);
+  } else {
+    const float4* p = reinterpret_cast<const float4*>(smooth) + j * (VEC / 4);
+#pragma unroll
+    for (int i = 0; i < VEC / 4; ++i) {
+      const float4 q = __ldg(p + i);
+      s[4 * i] = q.x;
+      s[4 * i + 1] = q.y;
+      s[4 * i + 2] = q.z;
+      s[4 * i + 3] = q.w;
+    }
+  }
+}
+
+// x' = x * smooth for pack j, one rounded multiply per element (as the CPU kernel and
+// reference.py compute it), so the codes of the fast and exact paths see the same floats.
+template <typename T, int VEC>
+__device__ __forceinline__ void smoothed_values(const Pack<typename Elem<T>::Raw, VEC>& p,
+                                                const float* __restrict__ smooth, int j,
+                                                float (&v)[VEC]) {
+  float s[VEC];
+  load_smooth<VEC>(smooth, j, s);
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) v[i] = mul_rn(Elem<T>::to_float(p.v[i]), s[i]);
+}
 
 // Quantizes rows of x ([m, k], row stride ldx elements). `tpr` threads (a power of two)
 // share a row; a block holds blockDim.x / tpr rows. Dynamic mode reduces the row absmax
 // first; static mode quantizes in one pass and reduces only to flag non-finite rows.
-template <typename T, int VEC>
+// HasSmooth: the row is x' = x * smooth[k], and the absmax runs on the products' float32
+// bits; without it, on x's raw bits (no conversion needed).
+template <typename T, int VEC, bool HasSmooth>
 __global__ void __launch_bounds__(kMaxRowThreads)
     quantize_rows_kernel(const typename Elem<T>::Raw* __restrict__ x, int64_t m, int k,
                          int64_t ldx, int tpr, StaticParam scale, StaticParam shift,
-                         int8_t* __restrict__ codes, float* __restrict__ row_scale) {
+                         const float* __restrict__ smooth, int8_t* __restrict__ codes,
+                         float* __restrict__ row_scale) {
   using E = Elem<T>;
+  using A = std::conditional_t<HasSmooth, Elem<float>, E>;  // the encoding of the absmax bits
   using P = Pack<typename E::Raw, VEC>;
+  constexpr int kVecs = kRowVecs<HasSmooth>;
   __shared__ uint32_t red[kMaxRowThreads / 32];
 
   const int vpr = k / VEC;
@@ -66,10 +106,10 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   const bool is_static = scale.present;
   const float lo = shift.present ? kShiftedMin : -kSymMax;
   const float sh = shift.present ? shift.load() : 0.f;
-  const int step = tpr * kRowVecs;
+  const int step = tpr * kVecs;
   const bool cached = vpr <= step;
 
-  P v[kRowVecs];
+  P v[kVecs];
   float s;
   if (is_static) {
     s = checked_static_scale(scale.load());
@@ -77,15 +117,26 @@ __global__ void __launch_bounds__(kMaxRowThreads)
     uint32_t amax = 0;
     for (int base = 0; base < vpr; base += step) {
 #pragma unroll
-      for (int c = 0; c < kRowVecs; ++c) {
+      for (int c = 0; c < kVecs; ++c) {
         const int j = base + lt + c * tpr;
         v[c] = (live && j < vpr) ? src[j] : P{};
       }
 #pragma unroll
-      for (int c = 0; c < kRowVecs; ++c) amax = max(amax, pack_absmax_bits<T, VEC>(v[c]));
+      for (int c = 0; c < kVecs; ++c) {
+        if constexpr (HasSmooth) {
+          const int j = base + lt + c * tpr;
+          if (live && j < vpr) {
+            float f[VEC];
+            smoothed_values<T, VEC>(v[c], smooth, j, f);
+            amax = max(amax, values_absmax_bits<VEC>(f));
+          }
+        } else {
+          amax = max(amax, pack_absmax_bits<T, VEC>(v[c]));
+        }
+      }
     }
     amax = row_group_max(amax, tpr, red);
-    s = scale_from_absmax(amax < E::kInf ? E::to_float(amax) : NAN);
+    s = scale_from_absmax(amax < A::kInf ? A::to_float(amax) : NAN);
   }
 
   const RowQuantizer rq(s, RowQuantizer::inverse(s), lo, sh);
@@ -93,38 +144,61 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   for (int base = 0; base < vpr; base += step) {
     if (is_static || !cached) {
 #pragma unroll
-      for (int c = 0; c < kRowVecs; ++c) {
+      for (int c = 0; c < kVecs; ++c) {
         const int j = base + lt + c * tpr;
         v[c] = (live && j < vpr) ? src[j] : P{};
       }
     }
     uint32_t redo = 0;
 #pragma unroll
-    for (int c = 0; c < kRowVecs; ++c) {
+    for (int c = 0; c < kVecs; ++c) {
       const int j = base + lt + c * tpr;
-      if (is_static) static_amax = max(static_amax, pack_absmax_bits<T, VEC>(v[c]));
-      if (live && j < vpr) {
-        if constexpr (VEC == 1) {  // the unaligned fallback: plain division, no fix-up pass
-          dst[j] = rq.exact_pack<T, VEC>(v[c]);
-        } else {
-          Codes<VEC> q;
-          if (!rq.try_pack<T, VEC>(v[c], q)) redo |= 1u << c;
-          dst[j] = q;
+      if constexpr (HasSmooth) {
+        if (live && j < vpr) {
+          float f[VEC];
+          smoothed_values<T, VEC>(v[c], smooth, j, f);
+          if (is_static) static_amax = max(static_amax, values_absmax_bits<VEC>(f));
+          if constexpr (VEC == 1) {
+            dst[j] = rq.exact_pack_values<VEC>(f);
+          } else {
+            Codes<VEC> q;
+            if (!rq.try_pack_values<VEC>(f, q)) redo |= 1u << c;
+            dst[j] = q;
+          }
+        }
+      } else {
+        if (is_static) static_amax = max(static_amax, pack_absmax_bits<T, VEC>(v[c]));
+        if (live && j < vpr) {
+          if constexpr (VEC == 1) {  // the unaligned fallback: plain division, no fix-up pass
+            dst[j] = rq.exact_pack<T, VEC>(v[c]);
+          } else {
+            Codes<VEC> q;
+            if (!rq.try_pack<T, VEC>(v[c], q)) redo |= 1u << c;
+            dst[j] = q;
+          }
         }
       }
     }
     if (redo) {
 #pragma unroll 1
-      for (int c = 0; c < kRowVecs; ++c) {
+      for (int c = 0; c < kVecs; ++c) {
         const int j = base + lt + c * tpr;
-        if (redo & (1u << c)) dst[j] = rq.exact_pack<T, VEC>(src[j]);
+        if (redo & (1u << c)) {
+          if constexpr (HasSmooth) {
+            float f[VEC];
+            smoothed_values<T, VEC>(src[j], smooth, j, f);
+            dst[j] = rq.exact_pack_values<VEC>(f);
+          } else {
+            dst[j] = rq.exact_pack<T, VEC>(src[j]);
+          }
+        }
       }
     }
   }
 
   float rs = s;  // dynamic: s is already NaN for a non-finite row
   if (is_static) {
-    rs = row_group_max(static_amax, tpr, red) < E::kInf ? s : NAN;
+    rs = row_group_max(static_amax, tpr, red) < A::kInf ? s : NAN;
   }
   if (live && lt == 0) row_scale[row] = rs;
 }
@@ -238,32 +312,47 @@ int next_pow2(int v) {
   return p;
 }
 
-template <typename T, int VEC>
+template <typename T, int VEC, bool HasSmooth>
 void launch_quantize_rows(const void* x, int64_t m, int64_t k, int64_t ldx, StaticParam scale,
-                          StaticParam shift, int8_t* codes, float* row_scale, cudaStream_t stream) {
+                          StaticParam shift, const float* smooth, int8_t* codes, float* row_scale,
+                          cudaStream_t stream) {
+  constexpr int kVecs = kRowVecs<HasSmooth>;
   const int vpr = static_cast<int>(k / VEC);
-  const int tpr = std::min(kMaxRowThreads, std::max(32, next_pow2((vpr + kRowVecs - 1) / kRowVecs)));
+  const int tpr = std::min(kMaxRowThreads, std::max(32, next_pow2((vpr + kVecs - 1) / kVecs)));
   const int threads = std::max(tpr, 256);
   const int64_t rows_per_block = threads / tpr;
   const int64_t blocks = (m + rows_per_block - 1) / rows_per_block;
   TORCH_CHECK(blocks <= 0x7fffffff, "int8q.quantize_activation: too many rows (", m, ")");
-  quantize_rows_kernel<T, VEC><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+  quantize_rows_kernel<T, VEC, HasSmooth><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
       static_cast<const typename Elem<T>::Raw*>(x), m, static_cast<int>(k), ldx, tpr, scale, shift,
-      codes, row_scale);
+      smooth, codes, row_scale);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, bool HasSmooth>
+void quantize_rows_by_alignment(const void* x, int64_t m, int64_t k, int64_t ldx, StaticParam scale,
+                         StaticParam shift, const float* smooth, int8_t* codes, float* row_scale,
+                         cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  // 16-byte loads need every row start 16-byte aligned; codes then go out kVec bytes at a
+  // time, and the multipliers are read as float4.
+  const bool vec = aligned(x, 16) && (ldx * static_cast<int64_t>(sizeof(T))) % 16 == 0 &&
+                   k % kVec == 0 && aligned(codes, kVec) && (!HasSmooth || aligned(smooth, 16));
+  if (vec) {
+    launch_quantize_rows<T, kVec, HasSmooth>(x, m, k, ldx, scale, shift, smooth, codes, row_scale, stream);
+  } else {
+    launch_quantize_rows<T, 1, HasSmooth>(x, m, k, ldx, scale, shift, smooth, codes, row_scale, stream);
+  }
 }
 
 template <typename T>
 void quantize_rows_typed(const void* x, int64_t m, int64_t k, int64_t ldx, StaticParam scale,
-                         StaticParam shift, int8_t* codes, float* row_scale, cudaStream_t stream) {
-  constexpr int kVec = 16 / sizeof(T);
-  // 16-byte loads need every row start 16-byte aligned; codes then go out kVec bytes at a time.
-  const bool vec = aligned(x, 16) && (ldx * static_cast<int64_t>(sizeof(T))) % 16 == 0 &&
-                   k % kVec == 0 && aligned(codes, kVec);
-  if (vec) {
-    launch_quantize_rows<T, kVec>(x, m, k, ldx, scale, shift, codes, row_scale, stream);
+                         StaticParam shift, const float* smooth, int8_t* codes, float* row_scale,
+                         cudaStream_t stream) {
+  if (smooth != nullptr) {
+    quantize_rows_by_alignment<T, true>(x, m, k, ldx, scale, shift, smooth, codes, row_scale, stream);
   } else {
-    launch_quantize_rows<T, 1>(x, m, k, ldx, scale, shift, codes, row_scale, stream);
+    quantize_rows_by_alignment<T, false>(x, m, k, ldx, scale, shift, nullptr, codes, row_scale, stream);
   }
 }
 
@@ -295,15 +384,20 @@ void quantize_tensor_typed(const void* w, int64_t total, int8_t* q, float* scale
 }  // namespace
 
 void quantize_rows(const at::Tensor& x, int64_t m, int64_t k, int64_t ldx, StaticParam scale,
-                   StaticParam shift, int8_t* codes, float* row_scale, cudaStream_t stream) {
+                   StaticParam shift, const float* smooth, int8_t* codes, float* row_scale,
+                   cudaStream_t stream) {
   TORCH_CHECK(k >= 1 && k <= 0x7fffffff, "int8q: quantize_rows got K = ", k);
   if (m <= 0) return;
   const void* p = x.data_ptr();
   switch (x.scalar_type()) {
-    case at::kFloat: quantize_rows_typed<float>(p, m, k, ldx, scale, shift, codes, row_scale, stream); break;
-    case at::kHalf: quantize_rows_typed<__half>(p, m, k, ldx, scale, shift, codes, row_scale, stream); break;
+    case at::kFloat:
+      quantize_rows_typed<float>(p, m, k, ldx, scale, shift, smooth, codes, row_scale, stream);
+      break;
+    case at::kHalf:
+      quantize_rows_typed<__half>(p, m, k, ldx, scale, shift, smooth, codes, row_scale, stream);
+      break;
     case at::kBFloat16:
-      quantize_rows_typed<__nv_bfloat16>(p, m, k, ldx, scale, shift, codes, row_scale, stream);
+      quantize_rows_typed<__nv_bfloat16>(p, m, k, ldx, scale, shift, smooth, codes, row_scale, stream);
       break;
     default: TORCH_CHECK(false, "int8q: quantize_rows got unsupported dtype ", x.scalar_type());
   }
@@ -332,9 +426,11 @@ void quantize_weight_rows(const at::Tensor& w, bool per_channel, int8_t* q, floa
   if (per_channel) {
     // Per-channel scales are exactly the dynamic row scales (weights are finite).
     switch (w.scalar_type()) {
-      case at::kFloat: quantize_rows_typed<float>(p, n, k, k, {}, {}, q, scale, stream); break;
-      case at::kHalf: quantize_rows_typed<__half>(p, n, k, k, {}, {}, q, scale, stream); break;
-      case at::kBFloat16: quantize_rows_typed<__nv_bfloat16>(p, n, k, k, {}, {}, q, scale, stream); break;
+      case at::kFloat: quantize_rows_typed<float>(p, n, k, k, {}, {}, nullptr, q, scale, stream); break;
+      case at::kHalf: quantize_rows_typed<__half>(p, n, k, k, {}, {}, nullptr, q, scale, stream); break;
+      case at::kBFloat16:
+        quantize_rows_typed<__nv_bfloat16>(p, n, k, k, {}, {}, nullptr, q, scale, stream);
+        break;
       default: TORCH_CHECK(false, "int8q: quantize_weight_rows got unsupported dtype ", w.scalar_type());
     }
     return;

@@ -94,6 +94,15 @@ __device__ __forceinline__ uint32_t pack_absmax_bits(const Pack<typename Elem<T>
   return b;
 }
 
+// Magnitude bits of the largest |v|, as float32 bits (Elem<float>'s encoding).
+template <int VEC>
+__device__ __forceinline__ uint32_t values_absmax_bits(const float (&v)[VEC]) {
+  uint32_t b = 0;
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) b = max(b, __float_as_uint(v[i]) & Elem<float>::kMag);
+  return b;
+}
+
 // Quantizes values that share one scale, giving exactly quantize_code(x - shift, scale, lo)
 // without an IEEE division per element. q = (x - shift) * RN(1/scale) is within 3 * 2^-24
 // relative of RN((x - shift) / scale). Unless q lies within 2^-12 of a rounding boundary
@@ -112,15 +121,16 @@ struct RowQuantizer {
   __device__ __forceinline__ static bool is_fast(float s) { return s >= 0x1p-126f && s <= 0x1p126f; }
   __device__ __forceinline__ static float inverse(float s) { return is_fast(s) ? __fdiv_rn(1.f, s) : 0.f; }
 
-  template <typename T, int VEC>
-  __device__ __forceinline__ bool try_pack(const Pack<typename Elem<T>::Raw, VEC>& p,
-                                           Codes<VEC>& out) const {
+  // Codes for VEC values; get(i) gives the i-th as a float (converted from a pack, or an
+  // already computed value such as a smoothed activation).
+  template <int VEC, typename Get>
+  __device__ __forceinline__ bool try_pack_with(Get get, Codes<VEC>& out) const {
     constexpr float kMagic = 12582912.f;  // 1.5 * 2^23, bits 0x4b400000
     bool ok = fast;
     int c[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      const float q = __fmul_rn(__fsub_rn(Elem<T>::to_float(p.v[i]), shift), inv);
+      const float q = __fmul_rn(__fsub_rn(get(i), shift), inv);
       const float qc = fminf(fmaxf(q, lo), kSymMax);
       const float t = __fadd_rn(qc, kMagic);
       c[i] = __float_as_int(t);
@@ -131,12 +141,33 @@ struct RowQuantizer {
     return ok;
   }
 
-  template <typename T, int VEC>
-  __device__ __forceinline__ Codes<VEC> exact_pack(const Pack<typename Elem<T>::Raw, VEC>& p) const {
+  template <int VEC, typename Get>
+  __device__ __forceinline__ Codes<VEC> exact_pack_with(Get get) const {
     int c[VEC];
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) c[i] = quantize_code(__fsub_rn(Elem<T>::to_float(p.v[i]), shift), scale, lo);
+    for (int i = 0; i < VEC; ++i) c[i] = quantize_code(__fsub_rn(get(i), shift), scale, lo);
     return pack_codes<VEC>(c);
+  }
+
+  template <typename T, int VEC>
+  __device__ __forceinline__ bool try_pack(const Pack<typename Elem<T>::Raw, VEC>& p,
+                                           Codes<VEC>& out) const {
+    return try_pack_with<VEC>([&](int i) { return Elem<T>::to_float(p.v[i]); }, out);
+  }
+
+  template <typename T, int VEC>
+  __device__ __forceinline__ Codes<VEC> exact_pack(const Pack<typename Elem<T>::Raw, VEC>& p) const {
+    return exact_pack_with<VEC>([&](int i) { return Elem<T>::to_float(p.v[i]); });
+  }
+
+  template <int VEC>
+  __device__ __forceinline__ bool try_pack_values(const float (&v)[VEC], Codes<VEC>& out) const {
+    return try_pack_with<VEC>([&](int i) { return v[i]; }, out);
+  }
+
+  template <int VEC>
+  __device__ __forceinline__ Codes<VEC> exact_pack_values(const float (&v)[VEC]) const {
+    return exact_pack_with<VEC>([&](int i) { return v[i]; });
   }
 };
 

@@ -119,7 +119,7 @@ def _smoothing_note(model: nn.Module) -> str:
     linears = sum(isinstance(m, nn.Linear) for m in model.modules())
     folded = sum(len(g.consumers) for g in find_smoothing_groups(model))
     note = f"SmoothQuant folds into {folded} of {linears} Linear layers"
-    return note if folded == linears else note + " (the others stay unsmoothed: no exact fold in this architecture)"
+    return note if folded == linears else note + " (the others apply 1/s inside their activation quantization)"
 
 
 def _run_modes(

@@ -19,6 +19,15 @@ def _as_scalar_tensor(value: Union[float, Tensor], name: str) -> Tensor:
     return t.clone()
 
 
+def _check_smooth(smooth: Tensor, in_features: int, where: str) -> Tensor:
+    t = torch.as_tensor(smooth).detach().to(torch.float32)
+    if t.shape != (in_features,):
+        raise ValueError(f"{where}: smooth must have shape [in_features] = [{in_features}], got {list(t.shape)}")
+    if not bool(torch.isfinite(t).all() and (t > 0).all()):
+        raise ValueError(f"{where}: smooth must be finite and positive (SmoothQuant's 1/s per input channel)")
+    return t
+
+
 class QuantLinear(nn.Module):
     """``y = x @ W.T + b`` with int8 weights and int8 activations.
 
@@ -29,10 +38,15 @@ class QuantLinear(nn.Module):
         per_channel: one weight scale per output channel (``True``) or per tensor.
         shifted: static mode only; also hold an ``act_shift`` for activations whose range is
             not centred on zero (``q = round((x - shift) / scale)``).
+        smoothed: also hold ``smooth``, SmoothQuant's per-input-channel ``1/s``: the
+            activations quantized are ``x * smooth``, multiplied inside the quantization
+            kernel (no extra pass), and ``qweight`` holds the weight columns times ``s``.
+            For layers whose ``1/s`` cannot be folded into the op that produces ``x``.
         device, dtype: where the buffers live and the dtype of ``bias``.
 
     Buffers: ``qweight`` int8 ``[out, in]``, ``w_scale`` float32 ``[out]`` or ``[1]``,
-    ``bias``, and for static activations ``act_scale`` (and ``act_shift``) float32 ``[1]``.
+    ``bias``, for static activations ``act_scale`` (and ``act_shift``) float32 ``[1]``, and
+    when smoothed ``smooth`` float32 ``[in]``.
     """
 
     def __init__(
@@ -44,6 +58,7 @@ class QuantLinear(nn.Module):
         act: str = "dynamic",
         per_channel: bool = True,
         shifted: bool = False,
+        smoothed: bool = False,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
@@ -61,6 +76,7 @@ class QuantLinear(nn.Module):
         self.act = act
         self.per_channel = per_channel
         self.shifted = shifted
+        self.smoothed = smoothed
         fdtype = dtype if dtype is not None else torch.get_default_dtype()
         self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer(
@@ -75,6 +91,10 @@ class QuantLinear(nn.Module):
             self.register_buffer("act_shift", torch.zeros(1, dtype=torch.float32, device=device))
         else:
             self.act_shift = None
+        if smoothed:
+            self.register_buffer("smooth", torch.ones(in_features, dtype=torch.float32, device=device))
+        else:
+            self.smooth = None
 
     @classmethod
     def from_linear(
@@ -85,8 +105,19 @@ class QuantLinear(nn.Module):
         act_scale: Optional[Union[float, Tensor]] = None,
         act_shift: Optional[Union[float, Tensor]] = None,
         per_channel: bool = True,
+        smooth: Optional[Tensor] = None,
     ) -> "QuantLinear":
-        """Quantize an existing :class:`torch.nn.Linear` (its weights are not modified)."""
+        """Quantize an existing :class:`torch.nn.Linear` (its weights are not modified).
+
+        Args:
+            smooth: SmoothQuant's per-input-channel multipliers ``1/s`` (``[in_features]``,
+                finite and positive), applied to the activations at run time. The layer
+                quantizes ``linear.weight`` with each column ``j`` divided by ``smooth[j]``
+                (that is, times ``s_j``), so it computes the same function as ``linear``;
+                pass the unsmoothed weights. ``act_scale`` and ``act_shift`` describe the
+                smoothed activations ``x * smooth``
+                (:meth:`int8q.ActivationStats.smoothed` gives their statistics).
+        """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"QuantLinear.from_linear expects an nn.Linear, got {type(linear).__name__}")
         if act == "static" and act_scale is None:
@@ -94,6 +125,9 @@ class QuantLinear(nn.Module):
         if act == "dynamic" and (act_scale is not None or act_shift is not None):
             raise ValueError("QuantLinear.from_linear: act_scale/act_shift are for act='static' only")
         weight = linear.weight.detach()
+        if smooth is not None:
+            smooth = _check_smooth(smooth, linear.in_features, "QuantLinear.from_linear").to(weight.device)
+            weight = weight.float() / smooth
         layer = cls(
             linear.in_features,
             linear.out_features,
@@ -101,9 +135,12 @@ class QuantLinear(nn.Module):
             act=act,
             per_channel=per_channel,
             shifted=act_shift is not None,
+            smoothed=smooth is not None,
             device=weight.device,
-            dtype=linear.bias.dtype if linear.bias is not None else weight.dtype,
+            dtype=linear.bias.dtype if linear.bias is not None else linear.weight.dtype,
         )
+        if smooth is not None:
+            layer.smooth.copy_(smooth)
         qweight, w_scale = torch.ops.int8q.quantize_weight(weight, per_channel)
         layer.qweight.copy_(qweight)
         layer.w_scale.copy_(w_scale)
@@ -133,7 +170,9 @@ class QuantLinear(nn.Module):
             self.act_shift.copy_(shift)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.int8q.matmul(x, self.qweight, self.w_scale, self.act_scale, self.act_shift, self.bias)
+        return torch.ops.int8q.matmul(
+            x, self.qweight, self.w_scale, self.act_scale, self.act_shift, self.bias, self.smooth
+        )
 
     def extra_repr(self) -> str:
         parts = [
@@ -145,4 +184,6 @@ class QuantLinear(nn.Module):
         ]
         if self.shifted:
             parts.append("shifted=True")
+        if self.smoothed:
+            parts.append("smoothed=True")
         return ", ".join(parts)

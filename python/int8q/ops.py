@@ -24,13 +24,18 @@ def quantize_weight(weight: Tensor, per_channel: bool = True) -> Tuple[Tensor, T
 
 
 def quantize_activation(
-    x: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None
+    x: Tensor,
+    scale: Optional[Tensor] = None,
+    shift: Optional[Tensor] = None,
+    x_smooth: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Quantize ``[..., K]`` activations: dynamic per row (``scale=None``) or static per tensor.
 
+    ``x_smooth`` (float32 ``[K]``, on x's device): quantize ``x * x_smooth`` instead, the
+    multiply done in the same pass (SmoothQuant's ``1/s`` where no fold exists).
     Returns ``(xq, x_scale)``: ``x_scale`` has shape ``x.shape[:-1]`` (dynamic) or ``[1]``.
     """
-    return torch.ops.int8q.quantize_activation.default(x, scale, shift)
+    return torch.ops.int8q.quantize_activation.default(x, scale, shift, x_smooth)
 
 
 def matmul(
@@ -40,12 +45,14 @@ def matmul(
     x_scale: Optional[Tensor] = None,
     x_shift: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
+    x_smooth: Optional[Tensor] = None,
 ) -> Tensor:
     """The W8A8 linear layer: quantize ``x``, int8 GEMM with int32 accumulation, dequantize.
 
-    Returns ``[..., N]`` in ``x.dtype``.
+    ``x_smooth`` (float32 ``[K]``): quantize ``x * x_smooth`` per input channel instead of
+    ``x`` (see :func:`quantize_activation`). Returns ``[..., N]`` in ``x.dtype``.
     """
-    return torch.ops.int8q.matmul.default(x, qweight, w_scale, x_scale, x_shift, bias)
+    return torch.ops.int8q.matmul.default(x, qweight, w_scale, x_scale, x_shift, bias, x_smooth)
 
 
 def scaled_mm(
@@ -83,10 +90,24 @@ def _quantize_weight_fake(weight: Tensor, per_channel: bool = True) -> Tuple[Ten
     return qweight, w_scale
 
 
+def _check_smooth(op: str, x_smooth: Optional[Tensor], x: Tensor) -> None:
+    if x_smooth is None:
+        return
+    _check_same_device(op, "x_smooth", x_smooth, x, "x")
+    torch._check(
+        x_smooth.dim() == 1 and x_smooth.shape[0] == x.shape[-1],
+        lambda: f"int8q.{op}: x_smooth must have shape [K] = [{x.shape[-1]}], got {list(x_smooth.shape)}",
+    )
+
+
 @torch.library.register_fake("int8q::quantize_activation")
 def _quantize_activation_fake(
-    x: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None
+    x: Tensor,
+    scale: Optional[Tensor] = None,
+    shift: Optional[Tensor] = None,
+    x_smooth: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
+    _check_smooth("quantize_activation", x_smooth, x)
     xq = x.new_empty(x.shape, dtype=torch.int8)
     scale_shape = x.shape[:-1] if scale is None else (1,)
     return xq, x.new_empty(scale_shape, dtype=torch.float32)
@@ -100,11 +121,13 @@ def _matmul_fake(
     x_scale: Optional[Tensor] = None,
     x_shift: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
+    x_smooth: Optional[Tensor] = None,
 ) -> Tensor:
     _check_same_device("matmul", "qweight", qweight, x, "x")
     _check_same_device("matmul", "w_scale", w_scale, qweight, "qweight")
     _check_same_device("matmul", "bias", bias, qweight, "qweight")
     torch._check(x.shape[-1] == qweight.shape[1])
+    _check_smooth("matmul", x_smooth, x)
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from .calibration import CALIBRATION_METHODS, ActivationStats, calibrate
 from .nn import QuantLinear
-from .smooth import smooth_model
+from .smooth import linear_smoothing_factors, smooth_model
 
 __all__ = ["quantize_model", "replace_module", "MAX_IN_FEATURES"]
 
@@ -79,7 +79,9 @@ def quantize_model(
         calib_stats: :func:`int8q.calibrate` output for this float model, instead of
             ``calib_data`` (calibrate once, quantize several copies).
         smooth_alpha: apply SmoothQuant with this alpha (see :mod:`int8q.smooth`) before
-            quantizing; None turns it off.
+            quantizing; None turns it off. ``1/s`` is folded into the preceding norm or
+            Linear where the model's structure allows; every other quantized layer applies
+            it inside its activation quantization (QuantLinear's ``smooth`` buffer).
         per_channel: one weight scale per output channel (else per tensor).
         skip: layers to keep in float: glob patterns matched against the module name or any
             dotted suffix of it, or compiled regular expressions (one, or a sequence of them).
@@ -91,8 +93,9 @@ def quantize_model(
 
     Returns:
         ``model``, with QuantLinear in place of each quantized layer. Layers kept in float
-        (skipped, shapes or dtypes the kernels cannot take, not reached by calibration,
-        no smoothing fold available) are listed in one warning each.
+        (skipped, shapes or dtypes the kernels cannot take, not reached by calibration) are
+        listed in one warning; layers quantized without smoothing because calibration never
+        reached them (dynamic activations with ``smooth_alpha``) in another.
     """
     if isinstance(model, nn.Linear):
         raise TypeError("int8q.quantize_model swaps layers inside a model; for one nn.Linear use QuantLinear.from_linear")
@@ -143,13 +146,23 @@ def quantize_model(
             kept[name] = "never called during calibration (no static scale)"
             selected.remove(name)
 
+    # s per input channel of every smoothed layer: folded (its weights and its producer's
+    # already rewritten) or, where no fold exists, applied in the kernel (in_kernel).
     factors: Dict[str, torch.Tensor] = {}
+    in_kernel: Dict[str, torch.Tensor] = {}
     if smooth_alpha is not None:
-        factors, unsmoothed = smooth_model(model, stats, smooth_alpha, layers=selected)
+        factors, unfolded = smooth_model(model, stats, smooth_alpha, layers=selected)
+        # From the weights as the folds left them (a Linear producer's rows were divided by s).
+        for name in unfolded:
+            if name in stats:
+                in_kernel[name] = linear_smoothing_factors(model.get_submodule(name), stats[name], smooth_alpha)
+        factors.update(in_kernel)
+        unsmoothed = [name for name in unfolded if name not in in_kernel]
         if unsmoothed:
             warnings.warn(
-                f"int8q.quantize_model: no SmoothQuant fold for {len(unsmoothed)} layer(s); they are "
-                "quantized unsmoothed:\n" + "\n".join(f"  {name}" for name in unsmoothed),
+                f"int8q.quantize_model: {len(unsmoothed)} layer(s) are quantized without SmoothQuant: "
+                "calibration never called them, so there are no activation statistics:\n"
+                + "\n".join(f"  {name}" for name in unsmoothed),
                 stacklevel=2,
             )
 
@@ -157,14 +170,15 @@ def quantize_model(
     quantized = {}
     for name in selected:
         linear = model.get_submodule(name)
+        smooth = 1.0 / in_kernel[name] if name in in_kernel else None
         if act == "static":
             layer_stats = stats[name].smoothed(factors[name]) if name in factors else stats[name]
             scale, shift = layer_stats.act_params()
             quantized[name] = QuantLinear.from_linear(
-                linear, act="static", act_scale=scale, act_shift=shift, per_channel=per_channel
+                linear, act="static", act_scale=scale, act_shift=shift, per_channel=per_channel, smooth=smooth
             )
         else:
-            quantized[name] = QuantLinear.from_linear(linear, act="dynamic", per_channel=per_channel)
+            quantized[name] = QuantLinear.from_linear(linear, act="dynamic", per_channel=per_channel, smooth=smooth)
     for name, qlinear in quantized.items():
         replace_module(model, name, qlinear)
     _warn_kept_float(kept)

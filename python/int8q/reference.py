@@ -58,10 +58,16 @@ def _static_scale(scale: Tensor) -> Tensor:
 
 
 def _quantize_rows(
-    x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor]
+    x: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], x_smooth: Optional[Tensor] = None
 ) -> Tuple[Tensor, Tensor]:
-    """Codes and the per-row scale that dequantizes them (NaN for rows with NaN/Inf)."""
+    """Codes and the per-row scale that dequantizes them (NaN for rows with NaN/Inf).
+
+    With ``x_smooth`` the rows quantized are ``x.float() * x_smooth`` (one float32 multiply
+    per element, which may overflow to Inf: that row is then NaN like any other).
+    """
     xf = x.float()
+    if x_smooth is not None:
+        xf = xf * x_smooth.to(xf.device, torch.float32)
     finite = torch.isfinite(xf).all(dim=-1)
     if scale is None:
         row_scale = scale_from_absmax(_row_absmax(xf))
@@ -77,9 +83,9 @@ def _quantize_rows(
 
 
 def quantize_activation(
-    x: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None
+    x: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None, x_smooth: Optional[Tensor] = None
 ) -> Tuple[Tensor, Tensor]:
-    codes, row_scale = _quantize_rows(x, scale, shift)
+    codes, row_scale = _quantize_rows(x, scale, shift, x_smooth)
     if scale is None:
         return codes, row_scale
     return codes, scale.to(x.device).float().reshape(1).clone()
@@ -116,8 +122,9 @@ def matmul(
     x_scale: Optional[Tensor] = None,
     x_shift: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
+    x_smooth: Optional[Tensor] = None,
 ) -> Tensor:
-    codes, row_scale = _quantize_rows(x, x_scale, x_shift)
+    codes, row_scale = _quantize_rows(x, x_scale, x_shift, x_smooth)
     out = _dequantize(int_matmul(codes, qweight), row_scale, w_scale, x_shift, qweight, bias)
     return out.to(x.dtype).reshape(*x.shape[:-1], qweight.shape[0])
 

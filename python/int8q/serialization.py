@@ -6,7 +6,8 @@ A saved model is a directory with two files:
   rewritten by SmoothQuant are part of it, so loading restores the folds too. Tensors that
   share storage (tied embeddings) are written once; the config names their aliases.
 - ``int8q_config.json``: format version, the SHA-256 of the tensor file, and every
-  QuantLinear's settings (shape, bias, act, per_channel, shifted).
+  QuantLinear's settings (shape, bias, act, per_channel, shifted, smoothed). A layer
+  without ``smoothed`` (written before in-kernel smoothing existed) reads as not smoothed.
 
 :func:`load_quantized` checks everything (version, checksum, that each listed layer is an
 nn.Linear of the right shape, that the tensors match the model's state_dict key for key and
@@ -19,7 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Set, Union
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +46,7 @@ def _layer_config(layer: QuantLinear) -> Dict[str, Any]:
         "act": layer.act,
         "per_channel": layer.per_channel,
         "shifted": layer.shifted,
+        "smoothed": layer.smoothed,
     }
 
 
@@ -169,6 +171,7 @@ def _build_layers(model: nn.Module, layers: Mapping[str, Mapping[str, Any]]) -> 
                 act=cfg["act"],
                 per_channel=cfg["per_channel"],
                 shifted=cfg["shifted"],
+                smoothed=cfg.get("smoothed", False),
                 device=linear.weight.device,
                 dtype=linear.bias.dtype if linear.bias is not None else linear.weight.dtype,
             )
@@ -191,7 +194,9 @@ def _expected_state(model: nn.Module, built: Mapping[str, QuantLinear]) -> Dict[
     return expected
 
 
-def _check_tensors(tensors: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> None:
+def _check_tensors(
+    tensors: Mapping[str, Tensor], expected: Mapping[str, Tensor], smooth_keys: Set[str]
+) -> None:
     problems = []
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -209,6 +214,8 @@ def _check_tensors(tensors: Mapping[str, Tensor], expected: Mapping[str, Tensor]
             problems.append(f"{key}: dtype {got.dtype} in the file, {want.dtype} in the model")
         elif key.endswith(".act_scale") and not bool(torch.isfinite(got).all() and (got > 0).all()):
             problems.append(f"{key}: a static activation scale must be finite and positive, got {got.tolist()}")
+        elif key in smooth_keys and not bool(torch.isfinite(got).all() and (got > 0).all()):
+            problems.append(f"{key}: the SmoothQuant multipliers must be finite and positive")
     if problems:
         raise ValueError("int8q.load_quantized: the file does not match the model:\n  " + "\n  ".join(problems))
 
@@ -230,7 +237,8 @@ def load_quantized(model: nn.Module, path: PathLike) -> nn.Module:
             raise ValueError(f"int8q.load_quantized: alias {alias!r} points at {source!r}, which the file lacks")
         tensors[alias] = tensors[source]
     built = _build_layers(model, config["layers"])
-    _check_tensors(tensors, _expected_state(model, built))
+    smooth_keys = {f"{name}.smooth" for name, layer in built.items() if layer.smoothed}
+    _check_tensors(tensors, _expected_state(model, built), smooth_keys)
 
     for name, layer in built.items():
         replace_module(model, name, layer)

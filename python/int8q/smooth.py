@@ -1,10 +1,13 @@
-"""SmoothQuant: move activation outliers into the weights, folded so inference pays nothing.
+"""SmoothQuant: move activation outliers into the weights, at no or almost no run-time cost.
 
 For a Linear ``y = x @ W.T`` and a per-input-channel vector ``s > 0``,
 ``y = (x / s) @ (W * s).T``: dividing channel ``j`` of the activations by
 ``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)`` flattens the outlier channels that make a
 per-tensor activation scale coarse, and the weights (quantized per output channel) absorb
-the difference. The division is never run: it is folded into whatever produces ``x``.
+the difference. Where the model's structure allows, the division is folded into whatever
+produces ``x`` and never runs; elsewhere :class:`int8q.QuantLinear` multiplies ``x`` by
+``1/s`` inside its activation quantization kernel (its ``smooth`` buffer), in the same
+pass over the activations.
 
 Folds recognised (by module structure, so any model with these layouts qualifies):
 
@@ -19,11 +22,13 @@ Folds recognised (by module structure, so any model with these layouts qualifies
 - BERT-style layers: ``attention.self.value`` -> ``attention.output.dense``. BERT's
   LayerNorms sit after the residual add, so their output is also the residual stream:
   dividing it by ``s`` would change what the next LayerNorm sees, so q/k/v and
-  ``intermediate.dense`` are not smoothed; nor is ``output.dense`` (GELU is not linear).
+  ``intermediate.dense`` have no fold; nor has ``output.dense`` (GELU is not linear).
 
 A norm is folded into only when it is a LayerNorm or an RMSNorm of the ``weight * x_hat``
-kind (``nn.LayerNorm``, ``nn.RMSNorm``, LLaMA/Mistral/Qwen2's RMSNorm). Layers without a
-fold are left unsmoothed and reported.
+kind (``nn.LayerNorm``, ``nn.RMSNorm``, LLaMA/Mistral/Qwen2's RMSNorm).
+:func:`smooth_model` makes the folds and reports the layers without one;
+:func:`linear_smoothing_factors` gives such a layer's factors for QuantLinear's ``smooth``
+(:func:`int8q.quantize_model` does both).
 """
 
 from __future__ import annotations
@@ -36,7 +41,13 @@ from torch import Tensor, nn
 
 from .calibration import ActivationStats
 
-__all__ = ["SmoothingGroup", "find_smoothing_groups", "smooth_model", "smoothing_factors"]
+__all__ = [
+    "SmoothingGroup",
+    "find_smoothing_groups",
+    "linear_smoothing_factors",
+    "smooth_model",
+    "smoothing_factors",
+]
 
 # RMSNorms computing ``weight * x / rms(x)``; Gemma's ``(1 + weight)`` form is deliberately absent.
 _FOLDABLE_RMSNORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")
@@ -68,6 +79,17 @@ def smoothing_factors(act_absmax: Tensor, weight_absmax: Tensor, alpha: float) -
     s = a.clamp(min=_MIN_FACTOR).pow(alpha) / w.clamp(min=_MIN_FACTOR).pow(1.0 - alpha)
     usable = (a > 0) & (w > 0) & torch.isfinite(s)
     return torch.where(usable, s.clamp(min=_MIN_FACTOR), torch.ones_like(s))
+
+
+def linear_smoothing_factors(linear: nn.Linear, stats: ActivationStats, alpha: float) -> Tensor:
+    """``s`` over one Linear's input channels, from its own weights and input statistics.
+
+    For a layer with no fold: :meth:`int8q.QuantLinear.from_linear` takes ``smooth=1 / s``
+    and applies it in the kernel; ``stats.smoothed(s)`` describes the activations it then
+    quantizes.
+    """
+    weight_absmax = linear.weight.detach().abs().amax(dim=0).float().cpu()
+    return smoothing_factors(stats.absmax, weight_absmax, alpha)
 
 
 def _is_foldable_norm(module: Optional[nn.Module]) -> bool:
@@ -207,7 +229,8 @@ def smooth_model(
     Returns:
         ``(factors, unsmoothed)``: ``factors[name]`` is ``s`` over each smoothed layer's input
         channels (its activations are now ``x / s``; see :meth:`ActivationStats.smoothed`),
-        and ``unsmoothed`` lists the requested layers with no fold available.
+        and ``unsmoothed`` lists the requested layers with no fold available (for these,
+        :func:`linear_smoothing_factors` and QuantLinear's ``smooth``).
     """
     wanted = set(layers) if layers is not None else {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     plans = []
