@@ -1,4 +1,4 @@
-// Decode-time W8A8 linear for a few rows (M <= 16): each CTA quantizes the activation rows
+// Decode-time W8A8 linear for a few rows (M <= kMaxM = 8): each CTA quantizes the activation rows
 // into shared memory itself (no separate launch, no round trip of codes through memory),
 // then its warps stream int8 weight rows once with 16-byte no-allocate loads. At this M
 // the weight bytes set the time; everything else is arranged to keep enough weight loads
@@ -6,7 +6,7 @@
 //
 // Two kernels:
 //  - gemv_kernel (M < kMmaMinM): dp4a on CUDA cores, warps own whole weight rows.
-//  - gemv_mma_kernel (kMmaMinM <= M <= 16): mma.sync m16n8k32 with the weights on the
+//  - gemv_mma_kernel (kMmaMinM <= M <= kMaxM): mma.sync m16n8k32 with the weights on the
 //    16-row side and the tokens on the 8-column side (one or two n8 groups), so the cost
 //    per weight byte does not grow with M. Each CTA owns a contiguous range of 16-row
 //    weight tiles; its warps split (tile, K) evenly and add their int32 partial sums into
@@ -75,7 +75,10 @@ constexpr int kPrefetchL2Fraction = 2;  // 1 / 2 of the L2
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxM = 16;
+// Measured on an H200 (benchmarks/bench_dispatch.py): at M = 12 and 16 the separate quantize
+// kernel + GEMM beat this kernel on all four LLM shapes, at M <= 8 this kernel wins on three.
+// The tensor-core kernel also compiles for MT = 16 should that change.
+constexpr int kMaxM = 8;
 constexpr int kChunk = 32 * 16;      // bytes of one weight row a warp loads per instruction
 constexpr int kPrologueLoads = 4;    // 16-byte activation loads in flight per thread
 
@@ -973,13 +976,10 @@ template <typename T>
 bool gemv_typed(const void* x, int64_t m, int64_t n, int64_t k, int64_t ldx, const int8_t* w,
                 StaticParam scale, StaticParam shift, const Epilogue& ep, void* out,
                 OutType out_type, int num_sms, cudaStream_t stream) {
-  static_assert(kMmaMinM >= 2 && kMmaMinM <= 9, "M 1 (and up to 8) have dp4a variants; 9..16 need mma");
+  static_assert(kMmaMinM >= 2 && kMmaMinM <= kMaxM, "M 1 (and up to kMmaMinM - 1) have dp4a variants");
   if (!aligned16(x) || (ldx * static_cast<int64_t>(sizeof(T))) % 16 != 0) return false;
   if (m >= kMmaMinM) {
-    if constexpr (kMmaMinM <= 8) {
-      if (m <= 8) return launch_gemv_mma<T, 8>(x, m, n, k, ldx, w, scale, shift, ep, out, out_type, num_sms, stream);
-    }
-    return launch_gemv_mma<T, 16>(x, m, n, k, ldx, w, scale, shift, ep, out, out_type, num_sms, stream);
+    return launch_gemv_mma<T, kMaxM>(x, m, n, k, ldx, w, scale, shift, ep, out, out_type, num_sms, stream);
   }
   if (m == 1) return launch_gemv<T, 1>(x, m, n, k, ldx, w, scale, shift, ep, out, out_type, num_sms, stream);
   if constexpr (kMmaMinM > 2) {
