@@ -222,3 +222,15 @@ def test_torch_compile_fullgraph_smoothed(device):
         torch._dynamo.mark_dynamic(x, 0)
         torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
     assert counter.frame_count == 1
+
+
+def test_model_half_keeps_scales_float32():
+    layer = QuantLinear.from_linear(nn.Linear(16, 8), act="static", act_scale=0.05, act_shift=0.1,
+                                    smooth=torch.full((16,), 0.5))
+    layer.half()
+    assert layer.bias.dtype == torch.float16
+    for name in ("w_scale", "act_scale", "act_shift", "smooth"):
+        assert getattr(layer, name).dtype == torch.float32, name
+    layer.to(torch.bfloat16)
+    assert layer.bias.dtype == torch.bfloat16 and layer.w_scale.dtype == torch.float32
+    assert layer.qweight.dtype == torch.int8

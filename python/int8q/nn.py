@@ -28,6 +28,10 @@ def _check_smooth(smooth: Tensor, in_features: int, where: str) -> Tensor:
     return t
 
 
+# Buffers the ops require in float32, whatever dtype the model is cast to.
+_FLOAT32_BUFFERS = ("w_scale", "act_scale", "act_shift", "smooth")
+
+
 class QuantLinear(nn.Module):
     """``y = x @ W.T + b`` with int8 weights and int8 activations.
 
@@ -168,6 +172,16 @@ class QuantLinear(nn.Module):
             if not torch.isfinite(shift).all():
                 raise ValueError(f"QuantLinear: act_shift must be finite, got {shift.item()}")
             self.act_shift.copy_(shift)
+
+    def _apply(self, fn, recurse=True):
+        # model.half() / .to(torch.bfloat16) casts every floating buffer; the scales and the
+        # smoothing multipliers are float32 by contract, so they are cast back (bias follows).
+        super()._apply(fn, recurse)
+        for name in _FLOAT32_BUFFERS:
+            t = self._buffers.get(name)
+            if t is not None and t.dtype != torch.float32:
+                self._buffers[name] = t.float()
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.int8q.matmul(
