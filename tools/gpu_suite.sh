@@ -59,6 +59,12 @@ run_step() {
 } | tee "$results/environment.log"
 
 if [ "$build" -eq 1 ]; then
+  # Build with the system compiler: a toolchain that links libstdc++ statically into the
+  # extension (the GPU image's CXX=/opt/gcc does) gives it a second copy of the C++ locale,
+  # and formatting a number into an error message then segfaults.
+  if command -v g++ >/dev/null && command -v gcc >/dev/null; then
+    export CC=gcc CXX=g++ CUDAHOSTCXX=g++
+  fi
   if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
     cap=$(python3 -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null)
     # sm_90 gets the arch-specific target: the wgmma kernels need sm_90a.
@@ -73,7 +79,10 @@ if [ "$tests" -eq 1 ]; then
   # Leave about five minutes for the benchmarks.
   test_limit=$(( $(remaining) - 300 ))
   [ "$test_limit" -lt 60 ] && test_limit=60
-  run_step pytest timeout --signal=INT --kill-after=15 "$test_limit" python3 -m pytest -q tests
+  # pytest-xdist, where present, spreads the suite over processes (they share the GPU).
+  xdist=()
+  python3 -c 'import xdist' 2>/dev/null && xdist=(-n 8)
+  run_step pytest timeout --signal=INT --kill-after=15 "$test_limit" python3 -m pytest -q "${xdist[@]}" tests
 fi
 
 run_step bench_quantize python3 benchmarks/bench_quantize.py --out "$results" $quick
