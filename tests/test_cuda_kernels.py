@@ -516,3 +516,22 @@ def test_invalid_cuda_scale_gives_nan(rng, m, k, value):
     # A NaN shift on the device poisons the output the same way.
     out = int8q.matmul(x, qweight, w_scale, torch.ones(1, device=DEV), torch.tensor([math.nan], device=DEV), b)
     assert torch.isnan(out).all()
+
+
+# ----------------------------------------------------------------------------- sm80 path on Hopper
+
+
+@pytest.mark.parametrize("m,k,n", [(17, 272, 136), (48, 4096, 520), (100, 1040, 1000), (300, 592, 1001),
+                                   (1000, 4096, 4096), (1100, 2064, 1032), (2048, 4096, 4096)])
+def test_mma_sync_path_when_sm90a_is_disabled(monkeypatch, rng, m, k, n):
+    # INT8Q_DISABLE_SM90A=1 sends every tile configuration of the mma.sync GEMM (32x64 split-K,
+    # 64x128, 128x128, 128x256) through H100/H200 too, so the path A100/L4 users get stays tested.
+    monkeypatch.setenv("INT8Q_DISABLE_SM90A", "1")
+    xq = torch.randint(-128, 128, (m, k), device=DEV, dtype=torch.int8)
+    qweight = torch.randint(-127, 128, (n, k), device=DEV, dtype=torch.int8)
+    ones_m, ones_n = torch.ones(m, device=DEV), torch.ones(n, device=DEV)
+    exact = int8q.scaled_mm(xq, qweight, ones_m, ones_n, out_dtype=torch.float32)
+    assert torch.equal(exact, reference.int_matmul(xq, qweight).float())
+    x = gpu_activation(rng, (m, k), torch.float16)
+    w_q, w_scale = gpu_weight(n, k)
+    check_matmul(x, w_q, w_scale, None, None, gpu_bias(rng, n, torch.float16))

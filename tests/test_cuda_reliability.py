@@ -254,7 +254,10 @@ def test_no_memory_growth_over_10000_calls():
                               "allocated_after": torch.cuda.memory_allocated(),
                               "outside_allocator_growth": grown_outside})
     assert torch.cuda.memory_allocated() == allocated
-    assert grown_outside <= 16 * 2**20, f"{grown_outside} bytes of device memory taken outside the caching allocator"
+    # mem_get_info sees the whole device: other pytest-xdist workers on this GPU allocate too,
+    # so the outside-the-allocator check only means something in a process that has it alone.
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) <= 1:
+        assert grown_outside <= 16 * 2**20, f"{grown_outside} bytes of device memory taken outside the caching allocator"
 
 
 def _granule(nbytes: int) -> int:

@@ -1,6 +1,6 @@
 """Correctness check of the Hopper (sm_90a) GEMM path against int8q.reference.
 
-On an H100/H200 with int8q built for 9.0a, torch.ops.int8q.scaled_mm routes M >= 64 to
+On an H100/H200 with int8q built for 9.0a, torch.ops.int8q.scaled_mm routes M >= 33 to
 gemm_sm90a (smaller M falls back to the sm80 path, checked here as well). Shapes cover tile
 tails in M and N, K = 16 * odd (a partial last 128-wide K tile), odd N (scalar stores), one
 row tile with many column tiles (128-wide tiles), and many tiles per CTA (persistent loop and
@@ -47,7 +47,7 @@ SHAPES = [
     (2048, 14336, 4096),  # long K
     (64, 512, 384),       # M = 64: one half-empty row tile, 4 K tiles (too few to split)
     (100, 592, 1000),     # M < 128 with M, N and K tails, no split
-    (48, 512, 384),       # M < 64: fallback path
+    (48, 512, 384),       # M = 48: a partly empty row tile
     # Split-K (split counts for 132 SMs; the path column shows this card's):
     (256, 4096, 4096),    # 2 splits of 16 K tiles
     (96, 4096, 4096),     # M < 128: 4 splits
@@ -98,7 +98,7 @@ def predicted_splits(m: int, n: int, k: int, sms: int) -> int:
 
 def expected_path(m: int, n: int = 0, k: int = 0) -> str:
     major, minor = torch.cuda.get_device_capability()
-    if (major, minor) != (9, 0) or m < 64 or k % 16 != 0:
+    if (major, minor) != (9, 0) or m < 33 or k % 16 != 0:  # gemm_sm90a.cu kMinRows
         return "fallback"
     if n == 0:
         return "sm90a"

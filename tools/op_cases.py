@@ -3,7 +3,7 @@
 An ``OpCase`` names a call: op, mode, shapes, dtypes, memory layouts and the kind of data.
 ``build`` makes its inputs from the case's seed (same device, same seed: same tensors),
 ``run`` calls int8q, ``expected`` calls int8q.reference, and ``check`` compares the two under
-the policy in docs/reliability.md (``TOLERANCE``): codes and scales bit-exact, float outputs
+the policy in the README's Reliability section (``TOLERANCE``): codes and scales bit-exact, float outputs
 within a bound relative to each row's largest reference value.
 """
 
