@@ -300,12 +300,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     common.add_timing_args(parser, warmup_ms=25.0, rep_ms=100.0)
     args = parser.parse_args(argv)
-    if args.quick:
-        # Only where the user left the defaults: explicit flags win.
-        if args.warmup_ms == parser.get_default("warmup_ms"):
-            args.warmup_ms = 10.0
-        if args.rep_ms == parser.get_default("rep_ms"):
-            args.rep_ms = 30.0
+    common.apply_quick_timings(args, parser)
     args.m = args.m or (common.QUICK_TOKEN_COUNTS if args.quick else common.TOKEN_COUNTS)
     args.shapes = args.shapes or common.LINEAR_SHAPES
     return args

@@ -88,11 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="three sizes, shorter timings")
     common.add_timing_args(parser, warmup_ms=25.0, rep_ms=100.0)
     args = parser.parse_args(argv)
-    if args.quick:
-        if args.warmup_ms == parser.get_default("warmup_ms"):
-            args.warmup_ms = 10.0
-        if args.rep_ms == parser.get_default("rep_ms"):
-            args.rep_ms = 30.0
+    common.apply_quick_timings(args, parser)
     args.sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
     return args
 

@@ -61,6 +61,15 @@ def add_timing_args(parser: argparse.ArgumentParser, warmup_ms: float, rep_ms: f
     parser.add_argument("--seed", type=int, default=0, help="random seed for the inputs")
 
 
+def apply_quick_timings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """--quick shortens warm-up and timed work to 10 / 30 ms, where the user left the defaults."""
+    if args.quick:
+        if args.warmup_ms == parser.get_default("warmup_ms"):
+            args.warmup_ms = 10.0
+        if args.rep_ms == parser.get_default("rep_ms"):
+            args.rep_ms = 30.0
+
+
 def require_cuda(script: str) -> torch.device:
     """The CUDA device to benchmark on, or exit with a message a user can act on."""
     if not torch.cuda.is_available():
