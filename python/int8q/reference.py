@@ -32,13 +32,6 @@ def quantize_codes(x: Tensor, scale: Tensor, lo: float) -> Tensor:
     return torch.nan_to_num(q, nan=0.0).to(torch.int8)
 
 
-def _row_absmax(x: Tensor) -> Tensor:
-    """Per-row absmax that is NaN or Inf where the row holds any non-finite value."""
-    absmax = x.abs().amax(dim=-1)
-    finite = torch.isfinite(x).all(dim=-1)
-    return torch.where(finite, absmax, torch.full_like(absmax, float("nan")))
-
-
 def quantize_weight(weight: Tensor, per_channel: bool = True) -> Tuple[Tensor, Tensor]:
     w = weight.float()
     if not torch.isfinite(w).all():
@@ -70,7 +63,8 @@ def _quantize_rows(
         xf = xf * x_smooth.to(xf.device, torch.float32)
     finite = torch.isfinite(xf).all(dim=-1)
     if scale is None:
-        row_scale = scale_from_absmax(_row_absmax(xf))
+        # amax propagates NaN and Inf, which scale_from_absmax turns into a NaN row scale.
+        row_scale = scale_from_absmax(xf.abs().amax(dim=-1))
         codes = quantize_codes(xf, row_scale[..., None], -SYM_MAX)
         return codes, row_scale
     s = _static_scale(scale.to(xf.device))
