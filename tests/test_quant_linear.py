@@ -7,9 +7,6 @@ from torch import nn
 import int8q
 from int8q import QuantLinear
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -18,7 +15,6 @@ def float_dtypes(device):
     return [torch.float32] if device == "cpu" else [torch.float16, torch.bfloat16]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("per_channel", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
 def test_dynamic_close_to_linear(device, per_channel, bias):
@@ -32,7 +28,6 @@ def test_dynamic_close_to_linear(device, per_channel, bias):
         assert rel_err(y, linear(x)) < 0.01
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_static_and_shifted_close_to_linear(device):
     torch.manual_seed(1)
     dtype = float_dtypes(device)[0]
@@ -60,7 +55,6 @@ def test_matches_op_and_reference():
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_state_dict_round_trip(device):
     torch.manual_seed(3)
     dtype = float_dtypes(device)[0]
@@ -110,7 +104,6 @@ def test_empty_batch():
     assert layer(torch.randn(0, 16)).shape == (0, 8)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("act", ["dynamic", "static"])
 def test_torch_compile_fullgraph_no_recompile_per_batch(device, act):
     from torch._dynamo.testing import CompileCounterWithBackend
@@ -145,7 +138,6 @@ def _outlier_case(device, dtype, k=128, n=64, rows=32):
     return linear, x.to(device=device, dtype=dtype), (1.0 / s).to(device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_smoothed_from_linear_computes_the_same_function(device):
     dtype = float_dtypes(device)[0]
     linear, x, smooth = _outlier_case(device, dtype)
@@ -167,7 +159,6 @@ def test_smoothed_from_linear_computes_the_same_function(device):
     assert torch.equal(linear.weight, weight)  # the Linear is not modified
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_smoothed_state_dict_round_trip(device):
     dtype = float_dtypes(device)[0]
     linear, x, smooth = _outlier_case(device, dtype)
@@ -203,7 +194,6 @@ def test_smoothed_constructor_repr_and_errors():
             QuantLinear.from_linear(linear, smooth=smooth)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph_smoothed(device):
     from torch._dynamo.testing import CompileCounterWithBackend
 
