@@ -78,6 +78,12 @@ for tool in $tools; do
   rc=$?
   secs=$((SECONDS - t0))
   errors=$(grep -oE 'ERROR SUMMARY: [0-9]+ error' "$log" | tail -n 1 | grep -oE '[0-9]+')
+  # racecheck ends with "RACECHECK SUMMARY: H hazards displayed (E errors, W warnings)"
+  # instead of an ERROR SUMMARY line: count its errors and warnings.
+  if [ -z "$errors" ] && [ "$tool" = racecheck ]; then
+    errors=$(grep -oE 'RACECHECK SUMMARY: .*\(([0-9]+) errors, ([0-9]+) warnings\)' "$log" | tail -n 1 \
+             | grep -oE '[0-9]+ (errors|warnings)' | awk '{ s += $1 } END { print s }')
+  fi
   cases=$(grep -oE 'sanitize_cases: .*' "$log" | tail -n 1)
   note="${cases:-no case summary} [${secs}s, exit $rc]"
   race=$(grep -oE 'RACECHECK SUMMARY: .*' "$log" | tail -n 1)
