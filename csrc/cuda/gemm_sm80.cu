@@ -17,6 +17,7 @@
 
 #include "epilogue.cuh"
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace int8q {
 namespace cuda {
@@ -112,6 +113,20 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int warp_m = warp / WARPS_N, warp_n = warp % WARPS_N;
+
+  // The tile's weight rows (the first part of their K range, within a budget) start moving
+  // into L2 while the kernel before, the activation quantizer, may still run; A waits
+  // (launch.cuh). Row starts are 16-byte aligned: K % 16 == 0 and 16-byte aligned W are
+  // required of this kernel (run_gemm).
+  {
+    const int64_t k0 = static_cast<int64_t>(kt_begin) * kBK;
+    const int rows = static_cast<int>(min(static_cast<int64_t>(BN), args.n - n0));
+    const int64_t range = min(static_cast<int64_t>(k_tiles) * kBK, args.k - k0);
+    const int bytes = static_cast<int>(min(range, static_cast<int64_t>(kPrefetchBytesPerCta / BN / 16 * 16)));
+    for (int r = tid; r < rows && bytes > 0; r += kThreads) prefetch_l2_bytes(args.w + (n0 + r) * args.k + k0, bytes);
+  }
+  pdl_wait();  // A may come from the quantize kernel just before (launch.cuh)
+  pdl_launch_dependents();
 
   auto load_tile = [&](int kt, int stage) {
     const int64_t k0 = static_cast<int64_t>(kt_begin + kt) * kBK;
@@ -218,17 +233,57 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
   }
 }
 
-// Adds the split-K int32 partials (exact) and applies the epilogue.
-template <typename Out>
-__global__ void splitk_reduce_kernel(const int32_t* partial, int splits, int64_t m, int64_t n,
-                                     const Epilogue ep, Out* out) {
+// Adds the split-K int32 partials (exact) and applies the epilogue. Each thread owns
+// kReduceVec consecutive outputs of one row: one 16-byte load per split (all splits in
+// flight together), 32-bit index math, and the row's x scale read once.
+constexpr int kReduceVec = 4;
+
+template <typename Out, bool kVec>
+__global__ void __launch_bounds__(256)
+    splitk_reduce_kernel(const int32_t* __restrict__ partial, int splits, int64_t m, int64_t n,
+                         const Epilogue ep, Out* __restrict__ out) {
+  pdl_wait();  // the partials come from the GEMM kernel just before
+  pdl_launch_dependents();
+  constexpr int V = kVec ? kReduceVec : 1;
   const int64_t total = m * n;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int32_t acc = 0;
-    for (int s = 0; s < splits; ++s) acc += partial[s * total + idx];
-    const int64_t row = idx / n, col = idx % n;
-    out[idx] = to_out<Out>(apply_epilogue(acc, ep.x_scale[row * ep.x_scale_stride], channel_terms(ep, col)));
+  const int64_t groups = total / V;  // with kVec, n % V == 0: a group never spans rows
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; g < groups; g += stride) {
+    const int64_t idx = g * V;
+    int32_t acc[V] = {};
+    int s = 0;
+    for (; s + 4 <= splits; s += 4) {  // four loads in flight per thread
+      int32_t v[4][V];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int32_t* p = partial + (s + u) * total + idx;
+        if constexpr (kVec) {
+          const int4 q = __ldcs(reinterpret_cast<const int4*>(p));
+          v[u][0] = q.x; v[u][1] = q.y; v[u][2] = q.z; v[u][3] = q.w;
+        } else {
+          v[u][0] = __ldcs(p);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int i = 0; i < V; ++i) acc[i] += v[u][i];
+    }
+    for (; s < splits; ++s) {
+      const int32_t* p = partial + s * total + idx;
+      if constexpr (kVec) {
+        const int4 q = __ldcs(reinterpret_cast<const int4*>(p));
+        acc[0] += q.x; acc[1] += q.y; acc[2] += q.z; acc[3] += q.w;
+      } else {
+        acc[0] += __ldcs(p);
+      }
+    }
+    // 32-bit division where the index fits (always at the small M where K is split).
+    const int64_t row = total <= 0xffffffffll ? static_cast<uint32_t>(idx) / static_cast<uint32_t>(n) : idx / n;
+    const int64_t col = idx - row * n;
+    const float xs = ep.x_scale[row * ep.x_scale_stride];
+#pragma unroll
+    for (int i = 0; i < V; ++i) out[idx + i] = to_out<Out>(apply_epilogue(acc[i], xs, channel_terms(ep, col + i)));
   }
 }
 
@@ -236,6 +291,8 @@ __global__ void splitk_reduce_kernel(const int32_t* partial, int splits, int64_t
 template <typename Out>
 __global__ void gemm_generic_kernel(const int8_t* a, int64_t lda, const int8_t* w, int64_t m,
                                     int64_t n, int64_t k, const Epilogue ep, Out* out) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t total = m * n;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -261,14 +318,24 @@ int elementwise_blocks(int64_t total) {
   return static_cast<int>(std::min<int64_t>((total + 255) / 256, 65535));
 }
 
+// Measured on an H200 at M = 16 and 32 (2026-11-26): 2 CTAs per SM beat 1 and 4
+// on 4096x4096 and 4096x14336 (e.g. 4096x4096 M=32 14.4 us against 16.7 and 15.0).
+constexpr int kSmallTileCtasPerSm = 2;
+
 template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES>
 void launch_tiles(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
                   const Epilogue& ep, void* out, OutType out_type, int num_sms, cudaStream_t stream) {
   const int64_t tiles = ((m + BM - 1) / BM) * ((n + BN - 1) / BN);
   const int k_tiles = static_cast<int>((k + kBK - 1) / kBK);
-  // Split K only while the tiles leave most SMs idle and each split keeps >= 4 K tiles.
+  // Split K only while the tiles leave SMs idle and each split keeps >= 4 K tiles. The
+  // small-M tile (BM = 32: 4 warps, 48 KB of shared memory) fits several CTAs per SM and
+  // streams the weights with only its STAGES loads in flight, so there it splits until
+  // about kSmallTileCtasPerSm CTAs per SM keep loads in flight.
+  const int ctas_per_sm = BM == 32 ? kSmallTileCtasPerSm : 1;
   int splits = 1;
-  while (tiles * splits * 2 <= num_sms && k_tiles / (splits * 2) >= 4) splits *= 2;
+  while (tiles * splits * 2 <= static_cast<int64_t>(num_sms) * ctas_per_sm && k_tiles / (splits * 2) >= 4) {
+    splits *= 2;
+  }
   const int per_split = (k_tiles + splits - 1) / splits;
   splits = (k_tiles + per_split - 1) / per_split;
 
@@ -284,8 +351,7 @@ void launch_tiles(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int6
     using Out = std::remove_pointer_t<decltype(tag)>;
     auto kernel = gemm_s8_kernel<BM, BN, WARPS_M, WARPS_N, STAGES, Out>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-    kernel<<<grid, WARPS_M * WARPS_N * 32, kSmem, stream>>>(args);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(kernel, grid, WARPS_M * WARPS_N * 32, kSmem, stream, 1, args);
   });
   if (splits > 1) splitk_reduce(args.partial, splits, m, n, ep, out, out_type, stream);
 }
@@ -314,9 +380,15 @@ void splitk_reduce(const int32_t* partial, int splits, int64_t m, int64_t n, Epi
                    void* out, OutType out_type, cudaStream_t stream) {
   dispatch_out(out_type, [&](auto* tag) {
     using Out = std::remove_pointer_t<decltype(tag)>;
-    splitk_reduce_kernel<Out><<<elementwise_blocks(m * n), 256, 0, stream>>>(
-        partial, splits, m, n, ep, static_cast<Out*>(out));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    // 16-byte partial loads need N % 4 == 0 (rows then start 16-byte aligned in the
+    // allocator's 512-byte aligned workspace).
+    if (n % kReduceVec == 0 && reinterpret_cast<uintptr_t>(partial) % 16 == 0) {
+      launch_kernel(splitk_reduce_kernel<Out, true>, elementwise_blocks(m * n / kReduceVec), 256, 0,
+                    stream, 1, partial, splits, m, n, ep, static_cast<Out*>(out));
+    } else {
+      launch_kernel(splitk_reduce_kernel<Out, false>, elementwise_blocks(m * n), 256, 0, stream, 1,
+                    partial, splits, m, n, ep, static_cast<Out*>(out));
+    }
   });
 }
 
@@ -324,9 +396,8 @@ void gemm_generic(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int6
                   Epilogue ep, void* out, OutType out_type, cudaStream_t stream) {
   dispatch_out(out_type, [&](auto* tag) {
     using Out = std::remove_pointer_t<decltype(tag)>;
-    gemm_generic_kernel<Out><<<elementwise_blocks(m * n), 256, 0, stream>>>(a, lda, w, m, n, k, ep,
-                                                                           static_cast<Out*>(out));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(gemm_generic_kernel<Out>, elementwise_blocks(m * n), 256, 0, stream, 1, a, lda, w,
+                  m, n, k, ep, static_cast<Out*>(out));
   });
 }
 

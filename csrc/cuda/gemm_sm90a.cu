@@ -62,6 +62,7 @@
 #include <type_traits>
 
 #include "epilogue.cuh"
+#include "launch.cuh"
 
 namespace int8q {
 namespace cuda {
@@ -182,6 +183,14 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
       " [%0], [%1, {%3, %4}], [%2];" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(inner), "r"(outer)
       : "memory");
+}
+
+// Starts fetching a 2-D box (the tile tma_load_2d would load) from memory into L2 only.
+__device__ __forceinline__ void tma_prefetch_2d(const CUtensorMap* map, int inner, int outer) {
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(inner), "r"(outer)
+               : "memory");
 }
 
 __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
@@ -332,6 +341,17 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int num_tiles = tiles_m * tiles_n;
   const int num_units = kSplit ? num_tiles * splits : num_tiles;
+  // The weight tiles of the CTA's first unit (within a budget) start moving into L2 while
+  // the kernel before, the activation quantizer, may still run; A waits (launch.cuh).
+  if (threadIdx.x == 0 && blockIdx.x < num_units) {
+    int tm, tn, split, kt_begin, kt_count;
+    unit_coords<kSplit>(blockIdx.x, num_tiles, tiles_m, tiles_n, k_tiles, split_k_tiles, tm, tn, split,
+                        kt_begin, kt_count);
+    const int count = min(kt_count, max(1, kPrefetchBytesPerCta / Cfg::kWBytes));
+    for (int kt = kt_begin; kt < kt_begin + count; ++kt) tma_prefetch_2d(&tmap_w, kt * kBlockK, tn * BN);
+  }
+  pdl_wait();  // A may come from the quantize kernel just before (launch.cuh)
+  pdl_launch_dependents();
   if (warpgroup == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kProducerRegs));
     if (warp == 0 && lane == 0) {
@@ -584,7 +604,7 @@ SplitPlan pick_splits(int64_t tiles, int64_t k_tiles, int64_t m, int64_t n, int 
 }
 
 template <int BN, typename OutT>
-void launch_kernel(const CUtensorMap& tmap_a, const CUtensorMap& tmap_w, int64_t m, int64_t n,
+void launch_gemm(const CUtensorMap& tmap_a, const CUtensorMap& tmap_w, int64_t m, int64_t n,
                    int k_tiles, int tiles_m, int tiles_n, const SplitPlan& plan,
                    const Epilogue& ep, OutT* out, bool vec2, int num_sms, cudaStream_t stream) {
   using Cfg = TileConfig<BN>;
@@ -593,10 +613,9 @@ void launch_kernel(const CUtensorMap& tmap_a, const CUtensorMap& tmap_w, int64_t
   auto* kernel = gemm_sm90a_kernel<BN, OutT>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       Cfg::kSmemBytes));
-  kernel<<<grid, kThreads, Cfg::kSmemBytes, stream>>>(
-      tmap_a, tmap_w, static_cast<int>(m), static_cast<int>(n), k_tiles, tiles_m, tiles_n,
-      plan.splits, plan.k_tiles_per_split, ep, out, vec2);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel(kernel, grid, kThreads, Cfg::kSmemBytes, stream, 1, tmap_a, tmap_w,
+                static_cast<int>(m), static_cast<int>(n), k_tiles, tiles_m, tiles_n, plan.splits,
+                plan.k_tiles_per_split, ep, out, vec2);
 }
 
 template <int BN, typename OutT>
@@ -604,7 +623,7 @@ void launch_direct(const CUtensorMap& tmap_a, const CUtensorMap& tmap_w, int64_t
                    int k_tiles, int tiles_m, int tiles_n, const SplitPlan& plan,
                    const Epilogue& ep, void* out, int num_sms, cudaStream_t stream) {
   const bool vec2 = n % 2 == 0 && reinterpret_cast<uintptr_t>(out) % (2 * sizeof(OutT)) == 0;
-  launch_kernel<BN, OutT>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep,
+  launch_gemm<BN, OutT>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep,
                           static_cast<OutT*>(out), vec2, num_sms, stream);
 }
 
@@ -635,7 +654,7 @@ bool launch_out(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_
     int32_t* part = partial.data_ptr<int32_t>();
     // The allocator's blocks are 512-byte aligned; with N even every (split, row, even col)
     // is 8-byte aligned.
-    launch_kernel<BN, int32_t>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep, part,
+    launch_gemm<BN, int32_t>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep, part,
                                n % 2 == 0, num_sms, stream);
     splitk_reduce(part, plan.splits, m, n, ep, out, out_type, stream);
     return true;

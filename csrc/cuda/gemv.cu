@@ -29,6 +29,7 @@
 #include "../quant_math.h"
 #include "epilogue.cuh"
 #include "kernels.h"
+#include "launch.cuh"
 #include "row_quant.cuh"
 
 namespace int8q {
@@ -298,6 +299,10 @@ __global__ void __launch_bounds__(kThreads, GemvConfig<MT>::kCtasPerSm)
         if (kk < k) prefetch_l2(weight_row(g, r) + kk);
       }
   }
+  // L2 prefetches may run ahead of the previous kernel (L2 is where its writes land);
+  // nothing is read into the SM before the wait (launch.cuh).
+  pdl_wait();
+  pdl_launch_dependents();
   quantize_activation<T, MT>(x, m, k, ldx, scale, shift, xq, x_scale);
   if (g >= groups) return;
 
@@ -705,6 +710,8 @@ __global__ void __launch_bounds__(kTcThreads, 1)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const bool is_static = scale.present;
+  pdl_wait();  // x (and a device scale) may come from the kernel just before (launch.cuh)
+  pdl_launch_dependents();
   if (tid == 0) {
     const int csize = cluster_size(), crank = cluster_rank();
     const int64_t clusters = gridDim.x / csize, cid = blockIdx.x / csize;
@@ -830,10 +837,9 @@ bool launch_gemv(const void* x, int64_t m, int64_t n, int64_t k, int64_t ldx, co
   if (smem > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
-  kernel<<<static_cast<unsigned>(grid), kThreads, static_cast<size_t>(smem), stream>>>(
-      static_cast<const typename Elem<T>::Raw*>(x), static_cast<int>(m), static_cast<int>(n),
-      static_cast<int>(k), ldx, w, scale, shift, ep, out, out_type);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel(kernel, static_cast<unsigned>(grid), kThreads, static_cast<size_t>(smem), stream, 1,
+                static_cast<const typename Elem<T>::Raw*>(x), static_cast<int>(m), static_cast<int>(n),
+                static_cast<int>(k), ldx, w, scale, shift, ep, out, out_type);
   return true;
 }
 
@@ -953,22 +959,10 @@ bool launch_gemv_mma(const void* x, int64_t m, int64_t n, int64_t k, int64_t ldx
   if (smem > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(grid));
-  cfg.blockDim = dim3(kTcThreads);
-  cfg.dynamicSmemBytes = static_cast<size_t>(smem);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(csize);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = csize > 1 ? 1 : 0;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<const typename Elem<T>::Raw*>(x),
-                                    static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), ldx, w,
-                                    scale, shift, ep, out, out_type, plan));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel(kernel, static_cast<unsigned>(grid), kTcThreads, static_cast<size_t>(smem), stream,
+                static_cast<unsigned>(csize), static_cast<const typename Elem<T>::Raw*>(x),
+                static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), ldx, w, scale, shift,
+                ep, out, out_type, plan);
   return true;
 }
 
