@@ -1,7 +1,8 @@
 // Activation row quantization, weight quantization (per channel / per tensor) and weight
 // code sums. Scales come from quant_math.h and every code equals its quantize_code (see
-// RowQuantizer), so codes and scales match the CPU reference bit for bit. The row kernels
-// read x once (rows up to 64 KB stay in registers between the absmax and quantize passes).
+// BracketQuantizer and RowQuantizer), so codes and scales match the CPU reference bit for
+// bit. The row kernels read x once (rows up to 32 KB stay in registers between the absmax
+// and quantize passes).
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -15,6 +16,7 @@
 
 #include "../quant_math.h"
 #include "kernels.h"
+#include "launch.cuh"
 #include "row_quant.cuh"
 
 namespace int8q {
@@ -24,182 +26,250 @@ namespace {
 using namespace row_quant;
 
 
-// Max over the `tpr` threads (a power of two, 32..kMaxRowThreads) that share one row.
-// Every thread of the block calls it (it holds __syncthreads when a row spans warps).
-__device__ __forceinline__ uint32_t row_group_max(uint32_t v, int tpr, uint32_t* red) {
+// Max over the 2^tpr_shift threads (32..kMaxRowThreads) that share one row. Every thread
+// of the block calls it (it holds __syncthreads when a row spans warps), at most once per
+// kernel: red is never written again, so no barrier follows its reads.
+__device__ __forceinline__ uint32_t row_group_max(uint32_t v, int tpr_shift, uint32_t* red) {
   v = __reduce_max_sync(0xffffffffu, v);
-  if (tpr <= 32) return v;
-  const int warp = threadIdx.x >> 5;
-  if ((threadIdx.x & 31) == 0) red[warp] = v;
+  if (tpr_shift <= 5) return v;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) red[warp] = v;
   __syncthreads();
-  const int first = warp & ~(tpr / 32 - 1);
-  uint32_t r = 0;
-  for (int w = 0; w < tpr / 32; ++w) r = max(r, red[first + w]);
-  __syncthreads();  // red may be reused
-  return r;
+  const int warps = 1 << (tpr_shift - 5);
+  return __reduce_max_sync(0xffffffffu, lane < warps ? red[(warp & -warps) + lane] : 0u);
 }
 
 // 16-byte loads a thread keeps in flight; rows of up to kMaxRowThreads * kRowVecs vectors
-// (64 KB) stay in registers between the absmax pass and the quantize pass, so x is read
-// from memory once. Longer rows are read again (from L2) for the second pass. With x_smooth
-// the multipliers (one float per element) need registers too: two loads in flight (rows
-// up to 32 KB cached) keep that kernel within 64 registers without spilling.
+// (32 KB) stay in registers between the absmax pass and the quantize pass, so x is read
+// from memory once. Longer rows are read again (from L2) for the second pass. Eight loads
+// per thread halve the per-row work (index math, reduction, scale) per element against
+// four and keep 96 KB in flight per SM: blocks of 256 threads, 3 per SM, 80 registers (64
+// would spill). With x_smooth the multipliers (one float per element) need registers
+// too: four loads in flight (rows up to 16 KB cached) fit without spilling.
 template <bool HasSmooth>
-constexpr int kRowVecs = HasSmooth ? 2 : 4;
-constexpr int kMaxRowThreads = 1024;
+constexpr int kRowVecs = HasSmooth ? 4 : 8;
+constexpr int kMaxRowThreads = 256;
+constexpr int kRowBlocksPerSm = 3;
+
+// What a launch of the row kernels does, fixed at compile time so that the hot loop holds
+// no per-element work for the modes it is not in: dynamic per-row scales (no clamp, no
+// shift, see BracketQuantizer), a static scale, or a static scale with a shift.
+enum class RowMode { kDynamic, kStatic, kShifted };
 
 // The per-channel multipliers of pack j (VEC consecutive channels). The vector path needs
-// smooth 16-byte aligned (checked by the launcher); VEC is 1, 4 or 8.
+// smooth 16-byte aligned (checked by the launcher); VEC is 4 or 8.
 template <int VEC>
 __device__ __forceinline__ void load_smooth(const float* __restrict__ smooth, int j, float (&s)[VEC]) {
-  if constexpr (VEC == 1) {
-    s[0] = __ldg(smooth + j);
-  } else {
-    const float4* p = reinterpret_cast<const float4*>(smooth) + j * (VEC / 4);
+  const float4* p = reinterpret_cast<const float4*>(smooth) + j * (VEC / 4);
 #pragma unroll
-    for (int i = 0; i < VEC / 4; ++i) {
-      const float4 q = __ldg(p + i);
-      s[4 * i] = q.x;
-      s[4 * i + 1] = q.y;
-      s[4 * i + 2] = q.z;
-      s[4 * i + 3] = q.w;
-    }
+  for (int i = 0; i < VEC / 4; ++i) {
+    const float4 q = __ldg(p + i);
+    s[4 * i] = q.x;
+    s[4 * i + 1] = q.y;
+    s[4 * i + 2] = q.z;
+    s[4 * i + 3] = q.w;
   }
 }
 
-// x' = x * smooth for pack j, one rounded multiply per element (as the CPU kernel and
+// x' = x * smooth for vector j, one rounded multiply per element (as the CPU kernel and
 // reference.py compute it), so the codes of the fast and exact paths see the same floats.
-template <typename T, int VEC>
-__device__ __forceinline__ void smoothed_values(const Pack<typename Elem<T>::Raw, VEC>& p,
-                                                const float* __restrict__ smooth, int j,
-                                                float (&v)[VEC]) {
+template <typename T>
+__device__ __forceinline__ void smoothed_values(const uint4& p, const float* __restrict__ smooth, int j,
+                                                float (&v)[kVecElems<T>]) {
+  constexpr int VEC = kVecElems<T>;
   float s[VEC];
   load_smooth<VEC>(smooth, j, s);
+  vec_to_floats<T>(p, v);
 #pragma unroll
-  for (int i = 0; i < VEC; ++i) v[i] = mul_rn(Elem<T>::to_float(p.v[i]), s[i]);
+  for (int i = 0; i < VEC; ++i) v[i] = mul_rn(v[i], s[i]);
 }
 
-// Quantizes rows of x ([m, k], row stride ldx elements). `tpr` threads (a power of two)
-// share a row; a block holds blockDim.x / tpr rows. Dynamic mode reduces the row absmax
-// first; static mode quantizes in one pass and reduces only to flag non-finite rows.
-// HasSmooth: the row is x' = x * smooth[k], and the absmax runs on the products' float32
-// bits; without it, on x's raw bits (no conversion needed).
-template <typename T, int VEC, bool HasSmooth>
-__global__ void __launch_bounds__(kMaxRowThreads)
+// Lane-wise max of two lanes_absmax results.
+template <typename A>
+__device__ __forceinline__ uint32_t lanes_max(uint32_t a, uint32_t b) {
+  return sizeof(A) == 2 ? __vmaxu2(a, b) : max(a, b);
+}
+
+// Quantizes rows of x ([m, k], row stride ldx elements, 16-byte aligned rows, k a multiple
+// of 16 bytes) with 16-byte loads. tpr = 2^tpr_shift threads share a row; a block holds
+// blockDim.x / tpr rows. Dynamic mode reduces the row absmax first; static mode
+// quantizes in one pass and reduces only to flag non-finite rows. HasSmooth: the row is
+// x' = x * smooth[k], and the absmax runs on the products' float32 bits; without it, on x's
+// raw bits, two fp16/bf16 lanes per instruction (no conversion needed).
+template <typename T, bool HasSmooth, RowMode kMode>
+__global__ void __launch_bounds__(kMaxRowThreads, kRowBlocksPerSm)
     quantize_rows_kernel(const typename Elem<T>::Raw* __restrict__ x, int64_t m, int k,
-                         int64_t ldx, int tpr, StaticParam scale, StaticParam shift,
+                         int64_t ldx, int tpr_shift, StaticParam scale, StaticParam shift,
                          const float* __restrict__ smooth, int8_t* __restrict__ codes,
                          float* __restrict__ row_scale) {
-  using E = Elem<T>;
-  using A = std::conditional_t<HasSmooth, Elem<float>, E>;  // the encoding of the absmax bits
-  using P = Pack<typename E::Raw, VEC>;
+  constexpr int VEC = kVecElems<T>;
+  constexpr bool kStatic = kMode != RowMode::kDynamic;
+  constexpr bool kShift = kMode == RowMode::kShifted;
+  using A = std::conditional_t<HasSmooth, float, T>;  // the lanes of the absmax bits
   constexpr int kVecs = kRowVecs<HasSmooth>;
   __shared__ uint32_t red[kMaxRowThreads / 32];
+  pdl_wait();  // x may come from the kernel just before (launch.cuh)
+  pdl_launch_dependents();
 
-  const int vpr = k / VEC;
+  const int tpr = 1 << tpr_shift;
   const int lt = threadIdx.x & (tpr - 1);
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / tpr) + threadIdx.x / tpr;
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> tpr_shift;
   const bool live = row < m;
-  const P* src = reinterpret_cast<const P*>(x + (live ? row : 0) * ldx);
+  const int n = live ? k / VEC : 0;  // vectors in this thread's row (none past the last row)
+  const uint4* src = reinterpret_cast<const uint4*>(x + (live ? row : 0) * ldx);
   Codes<VEC>* dst = reinterpret_cast<Codes<VEC>*>(codes + (live ? row : 0) * k);
+  const int step = kVecs * tpr;
 
-  const bool is_static = scale.present;
-  const float lo = shift.present ? kShiftedMin : -kSymMax;
-  const float sh = shift.present ? shift.load() : 0.f;
-  const int step = tpr * kVecs;
-  const bool cached = vpr <= step;
+  auto values = [&](const uint4& p, int j, float (&f)[VEC]) {
+    if constexpr (HasSmooth) {
+      smoothed_values<T>(p, smooth, j, f);
+    } else {
+      vec_to_floats<T>(p, f);
+    }
+  };
+  // Vectors base + lt + c * tpr. Past the row's end a thread loads the row's last vector
+  // instead: no predicated loads or zero fill, and a copy of a row element changes no
+  // absmax; it is never quantized or stored (the j < n tests below).
+  uint4 v[kVecs];
+  auto load_chunk = [&](int base) {
+#pragma unroll
+    for (int c = 0; c < kVecs; ++c) v[c] = __ldg(src + min(base + lt + c * tpr, n - 1));
+  };
 
-  P v[kVecs];
   float s;
-  if (is_static) {
+  if constexpr (kStatic) {
     s = checked_static_scale(scale.load());
   } else {
     uint32_t amax = 0;
-    for (int base = 0; base < vpr; base += step) {
-#pragma unroll
-      for (int c = 0; c < kVecs; ++c) {
-        const int j = base + lt + c * tpr;
-        v[c] = (live && j < vpr) ? src[j] : P{};
-      }
+    for (int base = 0; base < n; base += step) {
+      load_chunk(base);
 #pragma unroll
       for (int c = 0; c < kVecs; ++c) {
         if constexpr (HasSmooth) {
-          const int j = base + lt + c * tpr;
-          if (live && j < vpr) {
-            float f[VEC];
-            smoothed_values<T, VEC>(v[c], smooth, j, f);
-            amax = max(amax, values_absmax_bits<VEC>(f));
-          }
+          float f[VEC];
+          values(v[c], min(base + lt + c * tpr, n - 1), f);
+          amax = max(amax, values_absmax_bits<VEC>(f));
         } else {
-          amax = max(amax, pack_absmax_bits<T, VEC>(v[c]));
+          amax = lanes_absmax<T>(v[c], amax);
         }
       }
     }
-    amax = row_group_max(amax, tpr, red);
-    s = scale_from_absmax(amax < A::kInf ? A::to_float(amax) : NAN);
+    const uint32_t b = row_group_max(lanes_fold<A>(amax), tpr_shift, red);
+    s = scale_from_absmax(b < Elem<A>::kInf ? Elem<A>::to_float(b) : NAN);
   }
 
-  const RowQuantizer rq(s, RowQuantizer::inverse(s), lo, sh);
-  uint32_t static_amax = 0;  // static mode only: detects NaN/Inf rows
-  for (int base = 0; base < vpr; base += step) {
-    if (is_static || !cached) {
-#pragma unroll
-      for (int c = 0; c < kVecs; ++c) {
-        const int j = base + lt + c * tpr;
-        v[c] = (live && j < vpr) ? src[j] : P{};
-      }
-    }
-    uint32_t redo = 0;
+  const BracketQuantizer q(s, kShift ? kShiftedMin : -kSymMax, kShift ? shift.load() : 0.f);
+  uint32_t row_amax = 0;  // static mode: lanes absmax of the row, to flag NaN/Inf rows
+  // Quantizes the chunk at base from v. kGuarded: the chunk runs past the row's end.
+  // Any pack that fails its check sends the whole chunk through fixed_codes (v[c] cannot
+  // be indexed by a loop counter without going to local memory, so the packs are reloaded).
+  auto quantize_chunk = [&](int base, auto guarded) {
+    constexpr bool kGuarded = decltype(guarded)::value;
+    uint32_t bad = 0;
 #pragma unroll
     for (int c = 0; c < kVecs; ++c) {
       const int j = base + lt + c * tpr;
-      if constexpr (HasSmooth) {
-        if (live && j < vpr) {
-          float f[VEC];
-          smoothed_values<T, VEC>(v[c], smooth, j, f);
-          if (is_static) static_amax = max(static_amax, values_absmax_bits<VEC>(f));
-          if constexpr (VEC == 1) {
-            dst[j] = rq.exact_pack_values<VEC>(f);
-          } else {
-            Codes<VEC> q;
-            if (!rq.try_pack_values<VEC>(f, q)) redo |= 1u << c;
-            dst[j] = q;
-          }
+      if (!kGuarded || j < n) {
+        float f[VEC];
+        values(v[c], j, f);
+        Codes<VEC> out;
+        bad |= q.try_codes<kStatic, kShift>(f, out);
+        if constexpr (kStatic) {  // NaN/Inf packs are redone (NaN needs it, see BracketQuantizer)
+          const uint32_t a = HasSmooth ? values_absmax_bits<VEC>(f) : lanes_absmax<T>(v[c], 0u);
+          row_amax = lanes_max<A>(row_amax, a);
+          bad |= lanes_nonfinite<A>(a);
         }
-      } else {
-        if (is_static) static_amax = max(static_amax, pack_absmax_bits<T, VEC>(v[c]));
-        if (live && j < vpr) {
-          if constexpr (VEC == 1) {  // the unaligned fallback: plain division, no fix-up pass
-            dst[j] = rq.exact_pack<T, VEC>(v[c]);
-          } else {
-            Codes<VEC> q;
-            if (!rq.try_pack<T, VEC>(v[c], q)) redo |= 1u << c;
-            dst[j] = q;
-          }
-        }
+        dst[j] = out;
       }
     }
-    if (redo) {
+    if (bad) {  // rare: a value on or next to a rounding boundary, NaN/Inf in static mode
 #pragma unroll 1
       for (int c = 0; c < kVecs; ++c) {
         const int j = base + lt + c * tpr;
-        if (redo & (1u << c)) {
-          if constexpr (HasSmooth) {
-            float f[VEC];
-            smoothed_values<T, VEC>(src[j], smooth, j, f);
-            dst[j] = rq.exact_pack_values<VEC>(f);
-          } else {
-            dst[j] = rq.exact_pack<T, VEC>(src[j]);
-          }
+        if (j < n) {
+          float f[VEC];
+          values(__ldg(src + j), j, f);
+          dst[j] = q.fixed_codes<kStatic, kShift>(f);
         }
       }
+    }
+  };
+
+  if (q.fast) {
+    const bool cached = !kStatic && n <= step;  // v already holds the whole row
+    for (int base = 0; base < n; base += step) {
+      if (!cached) load_chunk(base);
+      if (base + step <= n) {
+        quantize_chunk(base, std::false_type{});
+      } else {
+        quantize_chunk(base, std::true_type{});
+      }
+    }
+  } else {  // a NaN/Inf row in dynamic mode, or a scale/shift the fast path does not cover
+#pragma unroll 1
+    for (int j = lt; j < n; j += tpr) {
+      const uint4 p = __ldg(src + j);
+      float f[VEC];
+      values(p, j, f);
+      if constexpr (kStatic) {
+        const uint32_t a = HasSmooth ? values_absmax_bits<VEC>(f) : lanes_absmax<T>(p, 0u);
+        row_amax = lanes_max<A>(row_amax, a);
+      }
+      dst[j] = q.exact_codes<kShift>(f);
     }
   }
 
   float rs = s;  // dynamic: s is already NaN for a non-finite row
-  if (is_static) {
-    rs = row_group_max(static_amax, tpr, red) < A::kInf ? s : NAN;
+  if constexpr (kStatic) {
+    rs = row_group_max(lanes_fold<A>(row_amax), tpr_shift, red) < Elem<A>::kInf ? s : NAN;
   }
+  if (live && lt == 0) row_scale[row] = rs;
+}
+
+// The unaligned fallback: one element at a time, codes by plain division (quantize_code).
+// The absmax runs on the float32 bits of the (smoothed) values.
+template <typename T, bool HasSmooth>
+__global__ void __launch_bounds__(kMaxRowThreads)
+    quantize_rows_scalar_kernel(const typename Elem<T>::Raw* __restrict__ x, int64_t m, int k,
+                                int64_t ldx, int tpr_shift, StaticParam scale, StaticParam shift,
+                                const float* __restrict__ smooth, int8_t* __restrict__ codes,
+                                float* __restrict__ row_scale) {
+  using F = Elem<float>;
+  __shared__ uint32_t red[kMaxRowThreads / 32];
+  pdl_wait();
+  pdl_launch_dependents();
+  const int tpr = 1 << tpr_shift;
+  const int lt = threadIdx.x & (tpr - 1);
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> tpr_shift;
+  const bool live = row < m;
+  const int n = live ? k : 0;
+  const typename Elem<T>::Raw* src = x + (live ? row : 0) * ldx;
+  int8_t* dst = codes + (live ? row : 0) * k;
+  auto value = [&](int i) {
+    const float f = Elem<T>::to_float(src[i]);
+    return HasSmooth ? mul_rn(f, __ldg(smooth + i)) : f;
+  };
+
+  const bool is_static = scale.present;
+  float s;
+  if (is_static) {
+    s = checked_static_scale(scale.load());
+  } else {
+    uint32_t b = 0;
+    for (int i = lt; i < n; i += tpr) b = max(b, __float_as_uint(value(i)) & F::kMag);
+    b = row_group_max(b, tpr_shift, red);
+    s = scale_from_absmax(b < F::kInf ? F::to_float(b) : NAN);
+  }
+  const float lo = shift.present ? kShiftedMin : -kSymMax;
+  const float sh = shift.present ? shift.load() : 0.f;
+  uint32_t b = 0;
+  for (int i = lt; i < n; i += tpr) {
+    const float f = value(i);
+    b = max(b, __float_as_uint(f) & F::kMag);
+    dst[i] = quantize_code(__fsub_rn(f, sh), s, lo);
+  }
+  float rs = s;
+  if (is_static) rs = row_group_max(b, tpr_shift, red) < F::kInf ? s : NAN;
   if (live && lt == 0) row_scale[row] = rs;
 }
 
@@ -312,37 +382,48 @@ int next_pow2(int v) {
   return p;
 }
 
-template <typename T, int VEC, bool HasSmooth>
+template <typename T, bool HasSmooth>
 void launch_quantize_rows(const void* x, int64_t m, int64_t k, int64_t ldx, StaticParam scale,
                           StaticParam shift, const float* smooth, int8_t* codes, float* row_scale,
-                          cudaStream_t stream) {
+                          bool vec, cudaStream_t stream) {
+  using Raw = typename Elem<T>::Raw;
+  using Kernel = void (*)(const Raw*, int64_t, int, int64_t, int, StaticParam, StaticParam, const float*,
+                          int8_t*, float*);
   constexpr int kVecs = kRowVecs<HasSmooth>;
-  const int vpr = static_cast<int>(k / VEC);
-  const int tpr = std::min(kMaxRowThreads, std::max(32, next_pow2((vpr + kVecs - 1) / kVecs)));
+  const int vpr = static_cast<int>(vec ? k / kVecElems<T> : k);
+  int tpr = std::min(kMaxRowThreads, std::max(32, next_pow2((vpr + kVecs - 1) / kVecs)));
+  auto blocks_for = [&](int t) {
+    const int64_t rows_per_block = std::max(t, 256) / t;
+    return (m + rows_per_block - 1) / rows_per_block;
+  };
+  // A few rows (decode, small batches) leave most SMs idle, and the call's time is then one
+  // thread's serial work: spread each row over more threads (up to one vector per thread)
+  // while that still leaves SMs without a block.
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  while (tpr < kMaxRowThreads && tpr < vpr && blocks_for(2 * tpr) <= sms) tpr *= 2;
+  int tpr_shift = 0;
+  while ((1 << tpr_shift) < tpr) ++tpr_shift;
   const int threads = std::max(tpr, 256);
-  const int64_t rows_per_block = threads / tpr;
-  const int64_t blocks = (m + rows_per_block - 1) / rows_per_block;
+  const int64_t blocks = blocks_for(tpr);
   TORCH_CHECK(blocks <= 0x7fffffff, "int8q.quantize_activation: too many rows (", m, ")");
-  quantize_rows_kernel<T, VEC, HasSmooth><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-      static_cast<const typename Elem<T>::Raw*>(x), m, static_cast<int>(k), ldx, tpr, scale, shift,
-      smooth, codes, row_scale);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const Kernel kernel = !vec            ? quantize_rows_scalar_kernel<T, HasSmooth>
+                        : !scale.present ? quantize_rows_kernel<T, HasSmooth, RowMode::kDynamic>
+                        : !shift.present ? quantize_rows_kernel<T, HasSmooth, RowMode::kStatic>
+                                         : quantize_rows_kernel<T, HasSmooth, RowMode::kShifted>;
+  launch_kernel(kernel, static_cast<unsigned>(blocks), threads, 0, stream, 1, static_cast<const Raw*>(x), m,
+                static_cast<int>(k), ldx, tpr_shift, scale, shift, smooth, codes, row_scale);
 }
 
 template <typename T, bool HasSmooth>
 void quantize_rows_by_alignment(const void* x, int64_t m, int64_t k, int64_t ldx, StaticParam scale,
                          StaticParam shift, const float* smooth, int8_t* codes, float* row_scale,
                          cudaStream_t stream) {
-  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kVec = kVecElems<T>;
   // 16-byte loads need every row start 16-byte aligned; codes then go out kVec bytes at a
   // time, and the multipliers are read as float4.
   const bool vec = aligned(x, 16) && (ldx * static_cast<int64_t>(sizeof(T))) % 16 == 0 &&
                    k % kVec == 0 && aligned(codes, kVec) && (!HasSmooth || aligned(smooth, 16));
-  if (vec) {
-    launch_quantize_rows<T, kVec, HasSmooth>(x, m, k, ldx, scale, shift, smooth, codes, row_scale, stream);
-  } else {
-    launch_quantize_rows<T, 1, HasSmooth>(x, m, k, ldx, scale, shift, smooth, codes, row_scale, stream);
-  }
+  launch_quantize_rows<T, HasSmooth>(x, m, k, ldx, scale, shift, smooth, codes, row_scale, vec, stream);
 }
 
 template <typename T>
@@ -387,6 +468,7 @@ void quantize_rows(const at::Tensor& x, int64_t m, int64_t k, int64_t ldx, Stati
                    StaticParam shift, const float* smooth, int8_t* codes, float* row_scale,
                    cudaStream_t stream) {
   TORCH_CHECK(k >= 1 && k <= 0x7fffffff, "int8q: quantize_rows got K = ", k);
+  TORCH_CHECK(scale.present || !shift.present, "int8q: quantize_rows got a shift without a static scale");
   if (m <= 0) return;
   const void* p = x.data_ptr();
   switch (x.scalar_type()) {
