@@ -535,3 +535,54 @@ def test_mma_sync_path_when_sm90a_is_disabled(monkeypatch, rng, m, k, n):
     x = gpu_activation(rng, (m, k), torch.float16)
     w_q, w_scale = gpu_weight(n, k)
     check_matmul(x, w_q, w_scale, None, None, gpu_bias(rng, n, torch.float16))
+
+
+# ----------------------------------------------------------------------------- programmatic dependent launch
+
+
+@pytest.mark.parametrize("m", [1, 4, 16, 33, 64, 300, 2048])
+def test_dependent_launches_read_what_the_kernel_before_wrote(monkeypatch, rng, m):
+    # On sm_90 int8q's kernels launch with PDL: each may start while the kernel before it in
+    # the stream is still running, and must wait before touching memory (launch.cuh). A
+    # chain where every op consumes what the previous kernel has just written (fresh weights
+    # from quantize_weight, the previous layer's output as x) must give exactly what the same
+    # chain gives with PDL off, and what the reference gives layer by layer.
+    k = 1024
+    weights = [torch.randn(k, k, device=DEV, dtype=torch.float16) / k**0.5 for _ in range(4)]
+    x0 = gpu_activation(rng, (m, k), torch.float16)
+
+    def chain():
+        x, outs = x0, []
+        for i, w in enumerate(weights):
+            qw, ws = int8q.quantize_weight(w)
+            if i % 2:
+                xq, xs = int8q.quantize_activation(x)
+                x = int8q.scaled_mm(xq, qw, xs, ws, None, torch.float16)
+            else:
+                x = int8q.matmul(x, qw, ws)
+            outs.append((qw, ws, x))
+        return outs
+
+    with_pdl = chain()
+    monkeypatch.setenv("INT8Q_DISABLE_PDL", "1")
+    without = chain()
+    torch.cuda.synchronize()
+    x = x0
+    for (qw, ws, out), (qw2, ws2, out2) in zip(with_pdl, without):
+        assert torch.equal(qw, qw2) and torch.equal(ws, ws2)
+        assert torch.equal(out, out2), "PDL changed a result"
+        assert_rows_close(out, reference.matmul(x, qw, ws), extra=epilogue_magnitude(qw, ws, None, None))
+        x = out
+
+
+@pytest.mark.parametrize("m", [3, 5, 8])
+@pytest.mark.parametrize("k,n", [(4096, 4096), (1040, 1000), (14336, 520)], ids=lambda v: str(v))
+@pytest.mark.parametrize("mode", MODES)
+def test_fused_tensor_core_decode_kernel_without_pdl(monkeypatch, rng, mode, m, k, n):
+    # With PDL (sm_90) M = 3..8 runs quantize + GEMM; without it (INT8Q_DISABLE_PDL=1, and
+    # every GPU before sm_90) the fused tensor-core decode kernel runs instead: keep it tested.
+    monkeypatch.setenv("INT8Q_DISABLE_PDL", "1")
+    x = gpu_activation(rng, (m, k), torch.bfloat16, offset=_offset(mode))
+    qweight, w_scale = gpu_weight(n, k)
+    x_scale, x_shift = static_params(mode, DEV)
+    check_matmul(x, qweight, w_scale, x_scale, x_shift, gpu_bias(rng, n, torch.bfloat16))
