@@ -1,9 +1,11 @@
 """Which int8q kernel path is fastest at each M? The data behind ops_cuda.cu's dispatch.
 
 For each (K, N) and M it times, in one run on one card:
-  fused     int8q.matmul dynamic as dispatched today (the fused small-M kernel where it applies)
-  two-pass  quantize_activation + scaled_mm: the separate quantize kernel + the GEMM int8q picks
-  sm80      the same two-pass with INT8Q_DISABLE_SM90A=1 (mma.sync kernels, split-K at low tile counts)
+  matmul        int8q.matmul dynamic as dispatched today
+  matmul no-PDL the same with INT8Q_DISABLE_PDL=1: plain launches, and the fused small-M
+                kernel up to M = 8 (what GPUs before sm_90 run)
+  two-pass      quantize_activation + scaled_mm: the separate quantize kernel + the GEMM int8q picks
+  sm80          the same two-pass with INT8Q_DISABLE_SM90A=1 (mma.sync kernels, split-K at low tile counts)
 and F.linear fp16 as the yardstick. Inputs rotate past L2. Writes dispatch_<card>.json and .md.
 """
 
@@ -34,21 +36,27 @@ def main() -> int:
         return 2
     torch.manual_seed(0)
 
-    def two_pass(x, qw, ws):
+    def with_env(name, fn):
+        def call(*args):
+            os.environ[name] = "1"
+            try:
+                return fn(*args)
+            finally:
+                del os.environ[name]
+        return call
+
+    def two_pass(x, qw, ws, w):
         xq, xs = int8q.quantize_activation(x)
         return int8q.scaled_mm(xq, qw, xs, ws, out_dtype=x.dtype)
 
-    def sm80(x, qw, ws):
-        os.environ["INT8Q_DISABLE_SM90A"] = "1"
-        try:
-            return two_pass(x, qw, ws)
-        finally:
-            del os.environ["INT8Q_DISABLE_SM90A"]
+    def matmul(x, qw, ws, w):
+        return int8q.matmul(x, qw, ws)
 
     methods = {
-        "fused": lambda x, qw, ws, w: int8q.matmul(x, qw, ws),
-        "two-pass": lambda x, qw, ws, w: two_pass(x, qw, ws),
-        "sm80": lambda x, qw, ws, w: sm80(x, qw, ws),
+        "matmul": matmul,
+        "matmul no-PDL": with_env("INT8Q_DISABLE_PDL", matmul),
+        "two-pass": two_pass,
+        "sm80": with_env("INT8Q_DISABLE_SM90A", two_pass),
     }
     rows, records = [], []
     for k, n in args.shapes:
@@ -80,7 +88,7 @@ def main() -> int:
     slug = common.card_slug(machine["device_name"])
     os.makedirs(args.out, exist_ok=True)
     common.write_json(os.path.join(args.out, f"dispatch_{slug}.json"), {"machine": machine, "results": records})
-    table = common.markdown_table(["K x N", "M", "fp16 us", "fused", "two-pass", "sm80 two-pass"], rows, 1)
+    table = common.markdown_table(["K x N", "M", "fp16 us", "matmul", "matmul no-PDL", "two-pass", "sm80 two-pass"], rows, 1)
     common.write_text(os.path.join(args.out, f"dispatch_{slug}.md"),
                       "# int8q kernel paths by M\n\n" + common.machine_markdown(machine, common.TIMING_NOTE) + "\n" + table)
     return 0
