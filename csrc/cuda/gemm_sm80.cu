@@ -351,7 +351,7 @@ void launch_tiles(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int6
     using Out = std::remove_pointer_t<decltype(tag)>;
     auto kernel = gemm_s8_kernel<BM, BN, WARPS_M, WARPS_N, STAGES, Out>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-    launch_kernel(kernel, grid, WARPS_M * WARPS_N * 32, kSmem, stream, 1, m, args);
+    launch_kernel(kernel, grid, WARPS_M * WARPS_N * 32, kSmem, stream, 1, args);
   });
   if (splits > 1) splitk_reduce(args.partial, splits, m, n, ep, out, out_type, stream);
 }
@@ -384,9 +384,9 @@ void splitk_reduce(const int32_t* partial, int splits, int64_t m, int64_t n, Epi
     // allocator's 512-byte aligned workspace).
     if (n % kReduceVec == 0 && reinterpret_cast<uintptr_t>(partial) % 16 == 0) {
       launch_kernel(splitk_reduce_kernel<Out, true>, elementwise_blocks(m * n / kReduceVec), 256, 0,
-                    stream, 1, m, partial, splits, m, n, ep, static_cast<Out*>(out));
+                    stream, 1, partial, splits, m, n, ep, static_cast<Out*>(out));
     } else {
-      launch_kernel(splitk_reduce_kernel<Out, false>, elementwise_blocks(m * n), 256, 0, stream, 1, m,
+      launch_kernel(splitk_reduce_kernel<Out, false>, elementwise_blocks(m * n), 256, 0, stream, 1,
                     partial, splits, m, n, ep, static_cast<Out*>(out));
     }
   });
@@ -396,7 +396,7 @@ void gemm_generic(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int6
                   Epilogue ep, void* out, OutType out_type, cudaStream_t stream) {
   dispatch_out(out_type, [&](auto* tag) {
     using Out = std::remove_pointer_t<decltype(tag)>;
-    launch_kernel(gemm_generic_kernel<Out>, elementwise_blocks(m * n), 256, 0, stream, 1, m, a, lda, w,
+    launch_kernel(gemm_generic_kernel<Out>, elementwise_blocks(m * n), 256, 0, stream, 1, a, lda, w,
                   m, n, k, ep, static_cast<Out*>(out));
   });
 }

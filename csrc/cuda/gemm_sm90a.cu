@@ -613,7 +613,7 @@ void launch_gemm(const CUtensorMap& tmap_a, const CUtensorMap& tmap_w, int64_t m
   auto* kernel = gemm_sm90a_kernel<BN, OutT>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       Cfg::kSmemBytes));
-  launch_kernel(kernel, grid, kThreads, Cfg::kSmemBytes, stream, 1, m, tmap_a, tmap_w,
+  launch_kernel(kernel, grid, kThreads, Cfg::kSmemBytes, stream, 1, tmap_a, tmap_w,
                 static_cast<int>(m), static_cast<int>(n), k_tiles, tiles_m, tiles_n, plan.splits,
                 plan.k_tiles_per_split, ep, out, vec2);
 }

@@ -837,7 +837,7 @@ bool launch_gemv(const void* x, int64_t m, int64_t n, int64_t k, int64_t ldx, co
   if (smem > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
-  launch_kernel(kernel, static_cast<unsigned>(grid), kThreads, static_cast<size_t>(smem), stream, 1, m,
+  launch_kernel(kernel, static_cast<unsigned>(grid), kThreads, static_cast<size_t>(smem), stream, 1,
                 static_cast<const typename Elem<T>::Raw*>(x), static_cast<int>(m), static_cast<int>(n),
                 static_cast<int>(k), ldx, w, scale, shift, ep, out, out_type);
   return true;
@@ -960,7 +960,7 @@ bool launch_gemv_mma(const void* x, int64_t m, int64_t n, int64_t k, int64_t ldx
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
   launch_kernel(kernel, static_cast<unsigned>(grid), kTcThreads, static_cast<size_t>(smem), stream,
-                static_cast<unsigned>(csize), m, static_cast<const typename Elem<T>::Raw*>(x),
+                static_cast<unsigned>(csize), static_cast<const typename Elem<T>::Raw*>(x),
                 static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), ldx, w, scale, shift,
                 ep, out, out_type, plan);
   return true;

@@ -60,19 +60,11 @@ constexpr int kPrefetchBytesPerCta = 96 * 1024;
 // tests can compare both in one process).
 bool pdl_enabled();
 
-// PDL only for calls of at most this many rows (M). H200, int8q.matmul dynamic with and
-// without PDL (benchmarks/results/dispatch_nvidia_h200.md): it saves 1 to 5 us up to
-// M = 256 (4096x4096 M=64: 15.6 us against 19.6), but from M = 384 the calls with PDL were
-// 2% to 11% slower on three of the four shapes (14336x4096 M=384: 60.4 us against 53.8;
-// 8192x28672 M=1024: 388.9 against 368.2), for a reason not profiled yet.
-constexpr int64_t kPdlMaxRows = 256;
-
-// kernel<<<grid, block, smem, stream>>>(args...) for an op call of `rows` rows: with PDL
-// where enabled and rows <= kPdlMaxRows, and an optional thread-block cluster shape
-// (cluster_x CTAs along x; 1 for none).
+// kernel<<<grid, block, smem, stream>>>(args...) with PDL where enabled, and an optional
+// thread-block cluster shape (cluster_x CTAs along x; 1 for none).
 template <typename... KernelArgs, typename... Args>
 void launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
-                   cudaStream_t stream, unsigned cluster_x, int64_t rows, Args&&... args) {
+                   cudaStream_t stream, unsigned cluster_x, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
@@ -87,7 +79,7 @@ void launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t 
     attr[n].val.clusterDim.z = 1;
     ++n;
   }
-  if (rows <= kPdlMaxRows && pdl_enabled()) {
+  if (pdl_enabled()) {
     attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[n].val.programmaticStreamSerializationAllowed = 1;
     ++n;

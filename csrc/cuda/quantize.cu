@@ -410,7 +410,7 @@ void launch_quantize_rows(const void* x, int64_t m, int64_t k, int64_t ldx, Stat
                         : !scale.present ? quantize_rows_kernel<T, HasSmooth, RowMode::kDynamic>
                         : !shift.present ? quantize_rows_kernel<T, HasSmooth, RowMode::kStatic>
                                          : quantize_rows_kernel<T, HasSmooth, RowMode::kShifted>;
-  launch_kernel(kernel, static_cast<unsigned>(blocks), threads, 0, stream, 1, m, static_cast<const Raw*>(x), m,
+  launch_kernel(kernel, static_cast<unsigned>(blocks), threads, 0, stream, 1, static_cast<const Raw*>(x), m,
                 static_cast<int>(k), ldx, tpr_shift, scale, shift, smooth, codes, row_scale);
 }
 
