@@ -450,25 +450,6 @@ __device__ __forceinline__ void mma_s8(int (&d)[4], int a0, int a1, int a2, int 
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Running max of the magnitude bits of 16 bytes of elements (as pack_absmax_bits): two
-// 16-bit lanes per word for fp16/bf16 (absmax_finish folds them), one per word for fp32.
-template <typename T>
-__device__ __forceinline__ uint32_t absmax_acc(const uint4& v, uint32_t acc) {
-  if constexpr (sizeof(T) == 2) {
-    constexpr uint32_t kMask = Elem<T>::kMag * 0x10001u;
-    acc = __vmaxu2(acc, __vmaxu2(v.x & kMask, v.y & kMask));
-    return __vmaxu2(acc, __vmaxu2(v.z & kMask, v.w & kMask));
-  } else {
-    constexpr uint32_t kMask = Elem<T>::kMag;
-    return max(max(acc, v.x & kMask), max(v.y & kMask, max(v.z & kMask, v.w & kMask)));
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ uint32_t absmax_finish(uint32_t acc) {
-  return sizeof(T) == 2 ? max(acc & 0xffffu, acc >> 16) : acc;
-}
-
 template <typename T>
 __device__ __forceinline__ uint4 load_x16(const T* p) {
   return __ldg(reinterpret_cast<const uint4*>(p));
@@ -500,12 +481,12 @@ __device__ __forceinline__ void absmax_rows(const typename Elem<T>::Raw* __restr
     for (int r = 0; r < MT; ++r) p[r] = r < m ? load_x16(xb + r * ldx + v * N) : make_uint4(0, 0, 0, 0);
 #pragma unroll
     for (int r = 0; r < MT; ++r)
-      if (r < m) acc[r] = absmax_acc<T>(p[r], acc[r]);
+      if (r < m) acc[r] = lanes_absmax<T>(p[r], acc[r]);
   }
 #pragma unroll
   for (int r = 0; r < MT; ++r) {
     if (r < m) {
-      const uint32_t b = __reduce_max_sync(0xffffffffu, absmax_finish<T>(acc[r]));
+      const uint32_t b = __reduce_max_sync(0xffffffffu, lanes_fold<T>(acc[r]));
       if (lane == 0 && b != 0) atomicMax(&row_amax[r], b);
     }
   }
@@ -549,7 +530,7 @@ __device__ __forceinline__ void quantize_columns(const typename Elem<T>::Raw* __
       for (int i = 0; i < kRowGroup; ++i) {
         const int r = r0 + i;
         if (r < m) {
-          if (is_static) acc[i] = absmax_acc<T>(p[i], acc[i]);
+          if (is_static) acc[i] = lanes_absmax<T>(p[i], acc[i]);
           Codes<N> c;
           if (!quantizer(r).template try_pack<T, N>(as_pack<P>(p[i]), c)) redo |= 1u << i;
           reinterpret_cast<Codes<N>*>(xq + r * ldq)[v] = c;
@@ -569,7 +550,7 @@ __device__ __forceinline__ void quantize_columns(const typename Elem<T>::Raw* __
 #pragma unroll
       for (int i = 0; i < kRowGroup; ++i) {
         if (r0 + i < m) {
-          const uint32_t b = __reduce_max_sync(0xffffffffu, absmax_finish<T>(acc[i]));
+          const uint32_t b = __reduce_max_sync(0xffffffffu, lanes_fold<T>(acc[i]));
           if (lane == 0 && b != 0) atomicMax(&row_amax[r0 + i], b);
         }
       }
