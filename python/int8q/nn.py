@@ -19,11 +19,17 @@ def _as_scalar_tensor(value: Union[float, Tensor], name: str) -> Tensor:
     return t.clone()
 
 
+def finite_and_positive(t: Tensor) -> bool:
+    """Whether every element of t is finite and > 0: what a static activation scale and the
+    SmoothQuant multipliers must be, checked here and when a checkpoint is loaded."""
+    return bool(torch.isfinite(t).all() and (t > 0).all())
+
+
 def _check_smooth(smooth: Tensor, in_features: int, where: str) -> Tensor:
     t = torch.as_tensor(smooth).detach().to(torch.float32)
     if t.shape != (in_features,):
         raise ValueError(f"{where}: smooth must have shape [in_features] = [{in_features}], got {list(t.shape)}")
-    if not bool(torch.isfinite(t).all() and (t > 0).all()):
+    if not finite_and_positive(t):
         raise ValueError(f"{where}: smooth must be finite and positive (SmoothQuant's 1/s per input channel)")
     return t
 
@@ -164,7 +170,7 @@ class QuantLinear(nn.Module):
                 f"act_shift must be {'given' if self.shifted else 'None'}"
             )
         scale = _as_scalar_tensor(act_scale, "act_scale")
-        if not (torch.isfinite(scale).all() and (scale > 0).all()):
+        if not finite_and_positive(scale):
             raise ValueError(f"QuantLinear: act_scale must be finite and positive, got {scale.item()}")
         self.act_scale.copy_(scale)
         if act_shift is not None:

@@ -25,7 +25,7 @@ from typing import Any, Dict, Mapping, Optional, Set, Union
 import torch
 from torch import Tensor, nn
 
-from .nn import QuantLinear
+from .nn import QuantLinear, finite_and_positive
 from .quantize import replace_module
 
 __all__ = ["CONFIG_NAME", "FORMAT_VERSION", "TENSORS_NAME", "load_quantized", "save_quantized"]
@@ -212,9 +212,9 @@ def _check_tensors(
             not want.is_floating_point() and want.dtype != got.dtype
         ):
             problems.append(f"{key}: dtype {got.dtype} in the file, {want.dtype} in the model")
-        elif key.endswith(".act_scale") and not bool(torch.isfinite(got).all() and (got > 0).all()):
+        elif key.endswith(".act_scale") and not finite_and_positive(got):
             problems.append(f"{key}: a static activation scale must be finite and positive, got {got.tolist()}")
-        elif key in smooth_keys and not bool(torch.isfinite(got).all() and (got > 0).all()):
+        elif key in smooth_keys and not finite_and_positive(got):
             problems.append(f"{key}: the SmoothQuant multipliers must be finite and positive")
     if problems:
         raise ValueError("int8q.load_quantized: the file does not match the model:\n  " + "\n  ".join(problems))
