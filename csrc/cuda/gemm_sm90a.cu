@@ -605,8 +605,8 @@ SplitPlan pick_splits(int64_t tiles, int64_t k_tiles, int64_t m, int64_t n, int 
 
 template <int BN, typename OutT>
 void launch_gemm(const CUtensorMap& tmap_a, const CUtensorMap& tmap_w, int64_t m, int64_t n,
-                   int k_tiles, int tiles_m, int tiles_n, const SplitPlan& plan,
-                   const Epilogue& ep, OutT* out, bool vec2, int num_sms, cudaStream_t stream) {
+                 int k_tiles, int tiles_m, int tiles_n, const SplitPlan& plan,
+                 const Epilogue& ep, OutT* out, bool vec2, int num_sms, cudaStream_t stream) {
   using Cfg = TileConfig<BN>;
   const int64_t units = static_cast<int64_t>(tiles_m) * tiles_n * plan.splits;
   const int grid = static_cast<int>(std::min<int64_t>(units, num_sms));
@@ -624,7 +624,7 @@ void launch_direct(const CUtensorMap& tmap_a, const CUtensorMap& tmap_w, int64_t
                    const Epilogue& ep, void* out, int num_sms, cudaStream_t stream) {
   const bool vec2 = n % 2 == 0 && reinterpret_cast<uintptr_t>(out) % (2 * sizeof(OutT)) == 0;
   launch_gemm<BN, OutT>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep,
-                          static_cast<OutT*>(out), vec2, num_sms, stream);
+                        static_cast<OutT*>(out), vec2, num_sms, stream);
 }
 
 template <int BN>
@@ -655,7 +655,7 @@ bool launch_out(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_
     // The allocator's blocks are 512-byte aligned; with N even every (split, row, even col)
     // is 8-byte aligned.
     launch_gemm<BN, int32_t>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep, part,
-                               n % 2 == 0, num_sms, stream);
+                             n % 2 == 0, num_sms, stream);
     splitk_reduce(part, plan.splits, m, n, ep, out, out_type, stream);
     return true;
   }
