@@ -76,27 +76,35 @@ def test_opcheck_quantize_weight(device, rng, shape, dtype, per_channel):
     torch.library.opcheck(ops.quantize_weight.default, (w, per_channel))
 
 
+# smooth: x_smooth passed (random_smooth, below) or left out of the call.
+SMOOTH = pytest.mark.parametrize("smooth", [False, True], ids=["nosmooth", "smooth"])
+
+
+@SMOOTH
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("shape", [(5, 17), (2, 3, 32), (0, 16), (16,)], ids=str)
-def test_opcheck_quantize_activation(device, rng, shape, dtype, mode):
+def test_opcheck_quantize_activation(device, rng, shape, dtype, mode, smooth):
     x = activation(rng, shape, dtype=dtype, device=device)
     x_scale, x_shift = static_params(mode, device)
-    torch.library.opcheck(ops.quantize_activation.default, (x, x_scale, x_shift))
+    extra = (random_smooth(rng, shape[-1], device),) if smooth else ()
+    torch.library.opcheck(ops.quantize_activation.default, (x, x_scale, x_shift) + extra)
 
 
 @no_autograd_warning
+@SMOOTH
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("mkn", [(5, 17, 7), ((2, 3), 32, 8), (0, 16, 4)], ids=str)
-def test_opcheck_matmul(device, rng, mkn, dtype, mode, bias):
+def test_opcheck_matmul(device, rng, mkn, dtype, mode, bias, smooth):
     m, k, n = mkn
     x = activation(rng, _xshape(m, k), dtype=dtype, device=device).requires_grad_()
     qweight, w_scale = quantized_weight(rng, n, k, device)
     x_scale, x_shift = static_params(mode, device)
     b = random_bias(rng, n, dtype, device) if bias else None
-    torch.library.opcheck(ops.matmul.default, (x, qweight, w_scale, x_scale, x_shift, b))
+    extra = (random_smooth(rng, k, device),) if smooth else ()
+    torch.library.opcheck(ops.matmul.default, (x, qweight, w_scale, x_scale, x_shift, b) + extra)
 
 
 @no_autograd_warning
@@ -541,31 +549,6 @@ def test_matmul_worst_case_at_max_k(device, k):
 def random_smooth(rng, k, device="cpu", lo=0.05, hi=20.0) -> torch.Tensor:
     """Positive float32 multipliers, log-uniform in [lo, hi]: some shrink, some grow channels."""
     return random_scales(rng, k, device, lo=lo, hi=hi)
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("shape", [(5, 17), (2, 3, 32), (0, 16), (16,)], ids=str)
-def test_opcheck_quantize_activation_smooth(device, rng, shape, dtype, mode):
-    x = activation(rng, shape, dtype=dtype, device=device)
-    x_scale, x_shift = static_params(mode, device)
-    smooth = random_smooth(rng, shape[-1], device)
-    torch.library.opcheck(ops.quantize_activation.default, (x, x_scale, x_shift, smooth))
-
-
-@no_autograd_warning
-@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("mkn", [(5, 17, 7), ((2, 3), 32, 8), (0, 16, 4)], ids=str)
-def test_opcheck_matmul_smooth(device, rng, mkn, dtype, mode, bias):
-    m, k, n = mkn
-    x = activation(rng, _xshape(m, k), dtype=dtype, device=device).requires_grad_()
-    qweight, w_scale = quantized_weight(rng, n, k, device)
-    x_scale, x_shift = static_params(mode, device)
-    b = random_bias(rng, n, dtype, device) if bias else None
-    smooth = random_smooth(rng, k, device)
-    torch.library.opcheck(ops.matmul.default, (x, qweight, w_scale, x_scale, x_shift, b, smooth))
 
 
 @pytest.mark.parametrize("mode", MODES)
