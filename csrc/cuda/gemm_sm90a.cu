@@ -3,7 +3,8 @@
 //   out[m, n] = epilogue(sum_k a[m, k] * w[n, k]),  A [M, K] int8 (row stride lda), W [N, K] int8.
 //
 // Layout choices (all must agree, or the product is silently wrong):
-// - CTA tile 128 x BN x 128 (BN = 256, or 128 when 256-wide tiles leave SMs idle). A K tile of
+// - CTA tile 128 x BN x 128 (BN = 256, or 128 when 256-wide tiles leave SMs idle, or 64 at
+//   small M, where the number of tiles decides how many SMs stream weights). A K tile of
 //   128 int8 is exactly one 128-byte swizzle row, so each operand tile in shared memory is
 //   rows x 128 B, written by one TMA box {128 (K), rows} with CU_TENSOR_MAP_SWIZZLE_128B: the
 //   16-byte chunk c of row r lands at chunk c ^ (r % 8) inside each 1024-byte, 8-row atom.
@@ -14,13 +15,17 @@
 //   row adds 32 B to the start address; the hardware applies the same address-based XOR.
 // - Tails: M, N and K need not be tile multiples. TMA zero-fills rows and K columns outside
 //   the tensor (and still counts the full box towards the mbarrier transaction bytes), so the
-//   zeros add nothing to the sums; the epilogue bounds-checks every store.
+//   zeros add nothing to the sums; the epilogue bounds-checks every store. Below 128 rows the
+//   A box is only M rows (rounded up to 8): TMA's zero fill of a mostly empty 128-row box cost
+//   more than the copy itself. Tile rows past the box then hold stale shared memory; they only
+//   reach accumulator rows past M, which are never stored.
 // - Warp roles (384 threads): warpgroup 0 is the producer (setmaxnreg drops it to 40
 //   registers): one thread issues the TMA copies, warp 1 computes each tile's per-column
 //   epilogue terms into shared memory while the main loop runs. Warpgroups 1 and 2 are the
 //   consumers (232 registers), each owning 64 rows of the tile and issuing m64nBNk32 with
 //   both operands in shared memory ("cooperative": one tile, split by rows). The int32
-//   accumulator is BN/2 registers per consumer thread (128 for BN = 256).
+//   accumulator is BN/2 registers per consumer thread (128 for BN = 256). When M <= 64 the
+//   second consumer warpgroup has no rows and skips to the end (barrier counts follow).
 // - Accumulator fragment (per warp w of a consumer warpgroup, lane t): acc[4j + 0/1] hold
 //   row 16w + t/4, columns 8j + 2(t%4) + 0/1; acc[4j + 2/3] the same columns of row + 8.
 // - Pipeline: kStages shared-memory stages, each with a "full" mbarrier (1 arrival + TMA
@@ -33,15 +38,20 @@
 // - Epilogue: straight from registers (no M x N intermediate): per-row x scale (loaded at
 //   tile start), channel_terms of epilogue.cuh (double-buffered in shared memory, handed over
 //   by an mbarrier pair), apply_epilogue, and stores of two adjacent outputs at a time.
-// - Split-K (few tiles: small M): the persistent loop runs over work units, not tiles. A unit
-//   is (split s, tile), numbered split-major (unit = s * tiles + tile, so each split walks the
-//   tiles in the grouped order), and covers K tiles [s * per, min((s + 1) * per, k_tiles)).
-//   The launcher picks per so that no split is empty. Producer and consumers derive the unit's
-//   coordinates and K range from the same unit index, and both advance their stage / phase
-//   counters once per K tile, so units with different K-tile counts keep them in step. The
-//   split kernel (OutT = int32_t) stores the raw int32 accumulators to partial[s, M, N]
-//   (every in-range element of every split, so the workspace needs no zeroing) and skips the
-//   channel terms; splitk_reduce (gemm_sm80.cu) then sums the splits and applies the epilogue.
+// - Split-K (few tiles: small M): a second kernel form (kSplit) runs one work unit per CTA,
+//   with thread-block clusters of `splits` = 2 or 4 CTAs along x. The CTAs of a cluster
+//   share a tile; CTA rank s takes K tiles [s * per, min((s + 1) * per, k_tiles)) (the
+//   launcher picks per so that no split is empty). After the main loop the tile's 128 rows
+//   are cut into `splits` slices of 16-row warp bands; each consumer warp whose band belongs
+//   to another rank stores its raw int32 sums into that CTA's shared memory (st.shared::cluster)
+//   and arrives on its receive mbarrier; the owner waits for every other split, adds their
+//   sums to its own and runs the normal epilogue. No workspace, no second kernel, and each
+//   CTA stores only its slice of the output.
+// - Early weights (w_ready, matmul only): the kernel before the GEMM is the activation
+//   quantizer, which wrote nothing the GEMM reads but A and the x scales. Thread 0 then arms
+//   the first kStages stages and issues their W tiles before pdl_wait(), so the weight stream
+//   starts while the quantizer still runs; the producer adds the A tiles after the wait.
+//   (H100/H200: 0.2-0.6 us off a matmul call at M <= 512, against the same call without.)
 //
 // Built for every arch of the extension; the kernel body exists only for sm_90a
 // (__CUDA_ARCH_FEAT_SM90_ALL), and gemm_sm90a returns false unless INT8Q_HAVE_SM90A is set.
@@ -59,6 +69,9 @@
 
 #include <algorithm>
 #include <climits>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
 
 #include "epilogue.cuh"
@@ -71,30 +84,31 @@ namespace {
 constexpr int kBlockM = 128;
 constexpr int kBlockK = 128;  // bytes of K per stage = the 128-byte swizzle span
 constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
-// Fewer rows than this go to the sm80 / small-M paths. From here on, one (partly empty)
-// row tile split over K streams the weights over every SM; the zero rows cost tensor-core
-// time only, and TMA reads no memory for them. Measured on an H200 (bench_dispatch.py):
-// at M = 48 the sm80 path's 32-row tiles read the weights twice and lose to this kernel;
-// at M <= 32 the two are within a few percent.
-constexpr int kMinRows = 33;
+// Every M from 1 up runs here on sm_90a (measured on an H100 and an H200, scaled_mm: faster
+// than the mma.sync kernels at every M of 1..512 on the LLM shapes, e.g. 4096x4096 M = 16
+// 8.8 against 9.9 us); matmul still sends M <= 2 to its fused decode kernel (ops_cuda.cu).
+constexpr int kMinRows = 1;
 
-template <int BN>
+// kSplit: the cluster split-K kernel (header), which also holds a receive buffer for the
+// partial sums of the other CTAs of its cluster: one int32 per accumulator of the tile.
+template <int BN, bool kSplit = false>
 struct TileConfig {
-  static constexpr int kStages = BN == 256 ? 4 : 6;
+  static constexpr int kStages = BN == 256 ? 4 : BN == 128 ? (kSplit ? 4 : 6) : (kSplit ? 6 : 8);
   static constexpr int kABytes = kBlockM * kBlockK;  // 16 KB
-  static constexpr int kWBytes = BN * kBlockK;       // 32 KB or 16 KB
+  static constexpr int kWBytes = BN * kBlockK;       // 32, 16 or 8 KB
   static constexpr int kStageBytes = kABytes + kWBytes;
+  static constexpr int kRecvBytes = kSplit ? kBlockM * BN * 4 : 0;
   static constexpr int kTermsBytes = 2 * 3 * BN * 4;  // 2 buffers of w_scale, shift, bias [BN]
-  static constexpr int kBarrierBytes = 8 * (2 * kStages + 4);
+  static constexpr int kBarrierBytes = 8 * (2 * kStages + 5);
   // + 1 KB so the tiles can be aligned up to the 1024-byte swizzle atom.
-  static constexpr int kSmemBytes = kStages * kStageBytes + kTermsBytes + kBarrierBytes + 1024;
+  static constexpr int kSmemBytes =
+      kStages * kStageBytes + kRecvBytes + kTermsBytes + kBarrierBytes + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90 is 227 KB");
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
 constexpr int kWgmmaK = 32;
-constexpr int kConsumerWarps = 8;  // arrivals that free a stage
 constexpr int kGroupM = 16;        // row tiles per group of the tile order
 constexpr int kProducerRegs = 40;
 constexpr int kConsumerRegs = 232;
@@ -110,20 +124,20 @@ __device__ __forceinline__ void tile_coords(int tile, int tiles_m, int tiles_n, 
   tn = in_group / group_m;
 }
 
-// Work unit -> tile coordinates and K range (see the header: split-major units; without
-// split-K a unit is a tile over all of K). kt_count >= 1: the launcher leaves no split empty.
+// Work unit -> tile coordinates and K range. Without split-K a unit is a tile over all of K;
+// with it, unit = tile * splits + split, so the `splits` CTAs of one cluster (consecutive
+// block indices) share a tile, CTA rank s of the cluster taking the K tiles of split s.
+// kt_count >= 1: the launcher leaves no split empty.
 template <bool kSplit>
-__device__ __forceinline__ void unit_coords(int unit, int num_tiles, int tiles_m, int tiles_n,
+__device__ __forceinline__ void unit_coords(int unit, int splits, int tiles_m, int tiles_n,
                                             int k_tiles, int split_k_tiles, int& tm, int& tn,
-                                            int& split, int& kt_begin, int& kt_count) {
+                                            int& kt_begin, int& kt_count) {
   int tile = unit;
-  split = 0;
   kt_begin = 0;
   kt_count = k_tiles;
   if constexpr (kSplit) {
-    split = unit / num_tiles;
-    tile = unit - split * num_tiles;
-    kt_begin = split * split_k_tiles;
+    tile = unit / splits;
+    kt_begin = (unit - tile * splits) * split_k_tiles;
     kt_count = min(split_k_tiles, k_tiles - kt_begin);
   }
   tile_coords(tile, tiles_m, tiles_n, tm, tn);
@@ -195,6 +209,60 @@ __device__ __forceinline__ void tma_prefetch_2d(const CUtensorMap* map, int inne
 
 __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+// Thread-block cluster helpers (the split-K exchange through distributed shared memory).
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+
+// The shared-memory address `addr` of this CTA, as the same variable in CTA `rank`.
+__device__ __forceinline__ uint32_t map_to_rank(uint32_t addr, uint32_t rank) {
+  uint32_t r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
+  return r;
+}
+
+__device__ __forceinline__ void st_cluster_v4(uint32_t addr, int32_t a, int32_t b, int32_t c,
+                                              int32_t d) {
+  asm volatile("st.shared::cluster.v4.s32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(a), "r"(b),
+               "r"(c), "r"(d)
+               : "memory");
+}
+
+// Arrives on an mbarrier of another CTA of the cluster, releasing this thread's earlier
+// stores into that CTA's shared memory to whoever acquires the barrier's phase.
+__device__ __forceinline__ void mbar_arrive_remote(uint32_t cluster_bar) {
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(cluster_bar)
+               : "memory");
+}
+
+// mbar_wait with cluster-scope acquire: stores other CTAs released through their arrivals
+// are visible afterwards.
+__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\n"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+
+// The same for threads that may arrive from diverged paths (no .aligned).
+__device__ __forceinline__ void cluster_sync_any() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
+}
+
+// Every thread of every CTA of the cluster, converged.
+__device__ __forceinline__ void cluster_sync_all() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::
+                   : "memory");
 }
 
 // Shared-memory matrix descriptor of a K-major, 128B-swizzled operand tile at `addr`
@@ -296,61 +364,109 @@ __device__ __forceinline__ void wgmma_s8(int32_t (&d)[64], uint64_t desc_a, uint
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
+// D[64 x 64] (+)= A[64 x 32] * B[64 x 32]^T, both from shared memory (K-major descriptors);
+// `accumulate` = 0 overwrites D.
+__device__ __forceinline__ void wgmma_s8(int32_t (&d)[32], uint64_t desc_a, uint64_t desc_b,
+                                         uint32_t accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
+      "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]),
+        "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]),
+        "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]),
+        "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+        "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]),
+        "+r"(d[30]), "+r"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-// OutT = float / __half / __nv_bfloat16: the full epilogue, one unit per tile (splits = 1).
-// OutT = int32_t: split-K, `out` is the partial workspace [splits, m, n] of raw sums.
-template <int BN, typename OutT>
+// OutT = float / __half / __nv_bfloat16. kSplit = false: persistent, one unit per tile.
+// kSplit = true: one unit per CTA, clusters of `splits` CTAs along x splitting one tile's K
+// (header); the partial sums meet in distributed shared memory and the epilogue runs there.
+// w_ready: the weights and channel terms were not written by the kernel just before this one
+// on the stream (matmul: that kernel is the activation quantizer, which itself waited for
+// everything before it), so the first weight tiles may be loaded before pdl_wait().
+template <int BN, typename OutT, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_sm90a_kernel(const __grid_constant__ CUtensorMap tmap_a,
                       const __grid_constant__ CUtensorMap tmap_w, int m, int n, int k_tiles,
-                      int tiles_m, int tiles_n, int splits, int split_k_tiles, Epilogue ep,
-                      OutT* __restrict__ out, bool vec2) {
+                      int tiles_m, int tiles_n, int splits, int split_k_tiles, int a_box_rows,
+                      Epilogue ep, OutT* __restrict__ out, bool vec2, bool w_ready) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr bool kSplit = std::is_same<OutT, int32_t>::value;
-  using Cfg = TileConfig<BN>;
+  using Cfg = TileConfig<BN, kSplit>;
   constexpr int kStages = Cfg::kStages;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024u - smem_addr(smem_raw) % 1024u) % 1024u);
   const uint32_t smem_a = smem_addr(smem);
   const uint32_t smem_w = smem_a + kStages * Cfg::kABytes;
+  // Split-K receive buffer (kSplit): int4 slots [source rank][warp of the slice][j][lane].
+  const uint32_t recv = smem_a + kStages * Cfg::kStageBytes;
   // Channel terms of the tile's BN columns, double-buffered: [buffer][w_scale | shift | bias][BN].
-  float* terms = reinterpret_cast<float*>(smem + kStages * Cfg::kStageBytes);
+  float* terms = reinterpret_cast<float*>(smem + kStages * Cfg::kStageBytes + Cfg::kRecvBytes);
   const uint32_t full_bar = smem_addr(terms) + Cfg::kTermsBytes;
   const uint32_t empty_bar = full_bar + 8 * kStages;
   const uint32_t terms_full_bar = empty_bar + 8 * kStages;
   const uint32_t terms_empty_bar = terms_full_bar + 16;
+  const uint32_t recv_bar = terms_empty_bar + 16;  // kSplit: the other splits' sums are in
 
   const int warpgroup = threadIdx.x / 128;
   const int warp = (threadIdx.x / 32) % 4;
   const int lane = threadIdx.x % 32;
+  const int num_tiles = tiles_m * tiles_n;
+  const int num_units = kSplit ? num_tiles * splits : num_tiles;
+  // kSplit: the consumer warps' 128 rows are cut into `splits` slices of 8 / splits warps
+  // (splits divides 8; pick_plan uses 2 or 4); CTA rank r of the cluster sums and stores slice r.
+  const int slice_warps = kSplit ? 8 / splits : 8;
+  // M <= 64: the A box holds only the rows that exist (a_box_rows, see launch_gemm), the
+  // second consumer warpgroup has no rows and sits the call out, and each stage is freed by
+  // the 4 warps of the first.
+  const int consumer_wgs = a_box_rows > 64 ? 2 : 1;
+  const uint32_t stage_bytes = a_box_rows * kBlockK + Cfg::kWBytes;  // TMA bytes per stage
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full_bar + 8 * s, 1);
-      mbar_init(empty_bar + 8 * s, kConsumerWarps);
+      mbar_init(empty_bar + 8 * s, 4 * consumer_wgs);
     }
     for (int b = 0; b < 2; ++b) {
       mbar_init(terms_full_bar + 8 * b, 32);
-      mbar_init(terms_empty_bar + 8 * b, 2 * 128);
+      mbar_init(terms_empty_bar + 8 * b, 128 * consumer_wgs);
     }
+    if (kSplit) mbar_init(recv_bar, (splits - 1) * slice_warps * 32);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     prefetch_tensor_map(&tmap_a);
     prefetch_tensor_map(&tmap_w);
+    if (blockIdx.x < num_units) {
+      int tm, tn, kt_begin, kt_count;
+      unit_coords<kSplit>(blockIdx.x, splits, tiles_m, tiles_n, k_tiles, split_k_tiles, tm, tn,
+                          kt_begin, kt_count);
+      if (w_ready) {
+        // The first stages' weight tiles load now, while the quantizer still runs; each
+        // stage's barrier already expects the A tile too, which the producer adds after
+        // pdl_wait() (stage s = K tile s of the first unit, phase 0, all stages free).
+        for (int s = 0; s < min(kt_count, kStages); ++s) {
+          mbar_arrive_expect_tx(full_bar + 8 * s, stage_bytes);
+          tma_load_2d(smem_w + s * Cfg::kWBytes, &tmap_w, full_bar + 8 * s,
+                      (kt_begin + s) * kBlockK, tn * BN);
+        }
+      } else {
+        // Unknown writer of W: only an L2 prefetch (always safe, launch.cuh).
+        const int count = min(kt_count, max(1, kPrefetchBytesPerCta / Cfg::kWBytes));
+        for (int kt = kt_begin; kt < kt_begin + count; ++kt) {
+          tma_prefetch_2d(&tmap_w, kt * kBlockK, tn * BN);
+        }
+      }
+    }
   }
   __syncthreads();
-
-  const int num_tiles = tiles_m * tiles_n;
-  const int num_units = kSplit ? num_tiles * splits : num_tiles;
-  // The weight tiles of the CTA's first unit (within a budget) start moving into L2 while
-  // the kernel before, the activation quantizer, may still run; A waits (launch.cuh).
-  if (threadIdx.x == 0 && blockIdx.x < num_units) {
-    int tm, tn, split, kt_begin, kt_count;
-    unit_coords<kSplit>(blockIdx.x, num_tiles, tiles_m, tiles_n, k_tiles, split_k_tiles, tm, tn, split,
-                        kt_begin, kt_count);
-    const int count = min(kt_count, max(1, kPrefetchBytesPerCta / Cfg::kWBytes));
-    for (int kt = kt_begin; kt < kt_begin + count; ++kt) tma_prefetch_2d(&tmap_w, kt * kBlockK, tn * BN);
-  }
-  pdl_wait();  // A may come from the quantize kernel just before (launch.cuh)
+  // kSplit: no CTA may arrive on another's barrier before that CTA has initialized it.
+  if constexpr (kSplit) cluster_sync_all();
+  pdl_wait();  // A and the x scales may come from the quantize kernel just before (launch.cuh)
   pdl_launch_dependents();
   if (warpgroup == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kProducerRegs));
@@ -358,30 +474,37 @@ __global__ void __launch_bounds__(kThreads, 1)
       // TMA producer: keeps every free stage loading, running ahead across units.
       int stage = 0;
       uint32_t phase = 0;
+      // K tiles of the first unit whose stage was armed and given its W tile above.
+      int preloaded = w_ready ? kStages : 0;
       for (int unit = blockIdx.x; unit < num_units; unit += gridDim.x) {
-        int tm, tn, split, kt_begin, kt_count;
-        unit_coords<kSplit>(unit, num_tiles, tiles_m, tiles_n, k_tiles, split_k_tiles, tm, tn,
-                            split, kt_begin, kt_count);
+        int tm, tn, kt_begin, kt_count;
+        unit_coords<kSplit>(unit, splits, tiles_m, tiles_n, k_tiles, split_k_tiles, tm, tn,
+                            kt_begin, kt_count);
         for (int kt = kt_begin; kt < kt_begin + kt_count; ++kt) {
-          mbar_wait(empty_bar + 8 * stage, phase ^ 1);  // a fresh barrier passes parity 1
           const uint32_t bar = full_bar + 8 * stage;
-          mbar_arrive_expect_tx(bar, Cfg::kStageBytes);
+          if (preloaded > 0) {
+            --preloaded;
+          } else {
+            mbar_wait(empty_bar + 8 * stage, phase ^ 1);  // a fresh barrier passes parity 1
+            mbar_arrive_expect_tx(bar, stage_bytes);
+            tma_load_2d(smem_w + stage * Cfg::kWBytes, &tmap_w, bar, kt * kBlockK, tn * BN);
+          }
           tma_load_2d(smem_a + stage * Cfg::kABytes, &tmap_a, bar, kt * kBlockK, tm * kBlockM);
-          tma_load_2d(smem_w + stage * Cfg::kWBytes, &tmap_w, bar, kt * kBlockK, tn * BN);
           if (++stage == kStages) {
             stage = 0;
             phase ^= 1;
           }
         }
+        preloaded = 0;
       }
-    } else if (warp == 1 && !kSplit) {
+    } else if (warp == 1) {
       // Channel terms (w scale, shift term, bias) of each tile's columns, computed while
       // the consumers run the main loop, so their epilogue only reads shared memory.
-      // (Split-K leaves them to splitk_reduce.)
       int it = 0;
-      for (int tile = blockIdx.x; tile < num_tiles; tile += gridDim.x, ++it) {
-        int tm, tn;
-        tile_coords(tile, tiles_m, tiles_n, tm, tn);
+      for (int unit = blockIdx.x; unit < num_units; unit += gridDim.x, ++it) {
+        int tm, tn, kt_begin, kt_count;
+        unit_coords<kSplit>(unit, splits, tiles_m, tiles_n, k_tiles, split_k_tiles, tm, tn,
+                            kt_begin, kt_count);
         const int buf = it & 1;
         mbar_wait(terms_empty_bar + 8 * buf, ((it >> 1) & 1) ^ 1);
         float* w_scale = terms + buf * 3 * BN;
@@ -400,23 +523,23 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kConsumerRegs));
     const int half = warpgroup - 1;  // rows [64 * half, 64 * half + 64) of the tile
+    // M <= 64: no rows for the second warpgroup (nothing waits for it); it skips to the end.
+    const int first_unit = half < consumer_wgs ? static_cast<int>(blockIdx.x) : num_units;
+    const int cwarp = half * 4 + warp;  // consumer warp 0..7 = 16-row band of the tile
     int32_t acc[BN / 2];
     int stage = 0;
     uint32_t phase = 0;
     int it = 0;
-    for (int unit = blockIdx.x; unit < num_units; unit += gridDim.x, ++it) {
-      int tm, tn, split, kt_begin, kt_count;
-      unit_coords<kSplit>(unit, num_tiles, tiles_m, tiles_n, k_tiles, split_k_tiles, tm, tn,
-                          split, kt_begin, kt_count);
+    for (int unit = first_unit; unit < num_units; unit += gridDim.x, ++it) {
+      int tm, tn, kt_begin, kt_count;
+      unit_coords<kSplit>(unit, splits, tiles_m, tiles_n, k_tiles, split_k_tiles, tm, tn,
+                          kt_begin, kt_count);
       // This thread's output rows; their x scales load during the main loop.
-      const int64_t row0 = static_cast<int64_t>(tm) * kBlockM + half * 64 + warp * 16 + lane / 4;
+      const int64_t row0 = static_cast<int64_t>(tm) * kBlockM + cwarp * 16 + lane / 4;
       const int64_t row1 = row0 + 8;
       const bool in0 = row0 < m, in1 = row1 < m;
-      float xs0 = 0.f, xs1 = 0.f;
-      if constexpr (!kSplit) {
-        xs0 = in0 ? ep.x_scale[row0 * ep.x_scale_stride] : 0.f;
-        xs1 = in1 ? ep.x_scale[row1 * ep.x_scale_stride] : 0.f;
-      }
+      const float xs0 = in0 ? ep.x_scale[row0 * ep.x_scale_stride] : 0.f;
+      const float xs1 = in1 ? ep.x_scale[row1 * ep.x_scale_stride] : 0.f;
 
       // kt counts this unit's K tiles from 0 (the producer issues them from kt_begin on);
       // kt_count >= 1, so the first one overwrites acc and the last one releases its stage.
@@ -448,75 +571,85 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (lane == 0) mbar_arrive(empty_bar + 8 * prev_stage);
 
       if constexpr (kSplit) {
-        // Raw int32 sums of this split into partial[split]: rows row0 and row0 + 8, for
-        // each 8-column group j the column pair 8j + 2 (lane % 4) + {0, 1}. Every in-range
-        // (row, col) of the tile is stored, so the workspace needs no zeroing.
-        int32_t* part0 = out + static_cast<int64_t>(split) * m * n + row0 * n;
-        int32_t* part1 = part0 + 8 * static_cast<int64_t>(n);
+        // Split-K exchange: a warp whose 16-row band belongs to another rank's slice sends
+        // its raw sums there (one int4 per 8-column group j: acc[4j .. 4j + 3]) and is done;
+        // the owner's warp adds every other split's sums to its own (int32: exact, in any
+        // order) and runs the epilogue below.
+        const uint32_t rank = cluster_ctarank();
+        const uint32_t owner = cwarp / slice_warps;
+        const uint32_t slot_stride = (BN / 8) * 32 * 16;  // bytes of one warp's sums
+        const uint32_t slot = (cwarp % slice_warps) * slot_stride + lane * 16;
+        if (owner != rank) {
+          const uint32_t dst =
+              map_to_rank(recv + rank * slice_warps * slot_stride + slot, owner);
 #pragma unroll
-        for (int j = 0; j < BN / 8; ++j) {
-          const int c = 8 * j + 2 * (lane % 4);
-          const int col = tn * BN + c;
-          if (col < n) {
-            const bool has1 = col + 1 < n;
-            if (vec2 && has1) {
-              const int2 p0 = make_int2(acc[4 * j + 0], acc[4 * j + 1]);
-              const int2 p1 = make_int2(acc[4 * j + 2], acc[4 * j + 3]);
-              if (in0) *reinterpret_cast<int2*>(part0 + col) = p0;
-              if (in1) *reinterpret_cast<int2*>(part1 + col) = p1;
-            } else {
-              if (in0) {
-                part0[col] = acc[4 * j + 0];
-                if (has1) part0[col + 1] = acc[4 * j + 1];
-              }
-              if (in1) {
-                part1[col] = acc[4 * j + 2];
-                if (has1) part1[col + 1] = acc[4 * j + 3];
-              }
-            }
+          for (int j = 0; j < BN / 8; ++j) {
+            st_cluster_v4(dst + j * 32 * 16, acc[4 * j], acc[4 * j + 1], acc[4 * j + 2],
+                          acc[4 * j + 3]);
+          }
+          mbar_arrive_remote(map_to_rank(recv_bar, owner));
+          continue;
+        }
+        mbar_wait_cluster(recv_bar, 0);
+        for (int src = 0; src < splits; ++src) {
+          if (src == static_cast<int>(rank)) continue;
+          const int4* part = reinterpret_cast<const int4*>(
+              smem + kStages * Cfg::kStageBytes + src * slice_warps * slot_stride + slot);
+#pragma unroll
+          for (int j = 0; j < BN / 8; ++j) {
+            const int4 v = part[j * 32];
+            acc[4 * j] += v.x;
+            acc[4 * j + 1] += v.y;
+            acc[4 * j + 2] += v.z;
+            acc[4 * j + 3] += v.w;
           }
         }
-      } else {
-        // Epilogue from registers: rows row0 and row0 + 8; for each 8-column group j, the
-        // column pair 8j + 2 (lane % 4) + {0, 1}.
-        const int buf = it & 1;
-        mbar_wait(terms_full_bar + 8 * buf, (it >> 1) & 1);
-        const float* w_scale = terms + buf * 3 * BN;
-        OutT* out0 = out + row0 * n;
-        OutT* out1 = out0 + 8 * static_cast<int64_t>(n);
-#pragma unroll
-        for (int j = 0; j < BN / 8; ++j) {
-          const int c = 8 * j + 2 * (lane % 4);
-          const int col = tn * BN + c;
-          if (col < n) {
-            const bool has1 = col + 1 < n;
-            const float2 ws = *reinterpret_cast<const float2*>(w_scale + c);
-            const float2 sh = *reinterpret_cast<const float2*>(w_scale + BN + c);
-            const float2 b = *reinterpret_cast<const float2*>(w_scale + 2 * BN + c);
-            const ChannelTerms t0{ws.x, sh.x, b.x}, t1{ws.y, sh.y, b.y};
-            const float v00 = apply_epilogue(acc[4 * j + 0], xs0, t0);
-            const float v01 = apply_epilogue(acc[4 * j + 1], xs0, t1);
-            const float v10 = apply_epilogue(acc[4 * j + 2], xs1, t0);
-            const float v11 = apply_epilogue(acc[4 * j + 3], xs1, t1);
-            if (vec2 && has1) {
-              if (in0) store_pair(out0 + col, v00, v01);
-              if (in1) store_pair(out1 + col, v10, v11);
-            } else {
-              if (in0) {
-                out0[col] = to_out<OutT>(v00);
-                if (has1) out0[col + 1] = to_out<OutT>(v01);
-              }
-              if (in1) {
-                out1[col] = to_out<OutT>(v10);
-                if (has1) out1[col + 1] = to_out<OutT>(v11);
-              }
-            }
-          }
-        }
-        mbar_arrive(terms_empty_bar + 8 * buf);
       }
+
+      // Epilogue from registers: rows row0 and row0 + 8; for each 8-column group j, the
+      // column pair 8j + 2 (lane % 4) + {0, 1}.
+      const int buf = it & 1;
+      mbar_wait(terms_full_bar + 8 * buf, (it >> 1) & 1);
+      const float* w_scale = terms + buf * 3 * BN;
+      OutT* out0 = out + row0 * n;
+      OutT* out1 = out0 + 8 * static_cast<int64_t>(n);
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j) {
+        const int c = 8 * j + 2 * (lane % 4);
+        const int col = tn * BN + c;
+        if (col < n) {
+          const bool has1 = col + 1 < n;
+          const float2 ws = *reinterpret_cast<const float2*>(w_scale + c);
+          const float2 sh = *reinterpret_cast<const float2*>(w_scale + BN + c);
+          const float2 b = *reinterpret_cast<const float2*>(w_scale + 2 * BN + c);
+          const ChannelTerms t0{ws.x, sh.x, b.x}, t1{ws.y, sh.y, b.y};
+          const float v00 = apply_epilogue(acc[4 * j + 0], xs0, t0);
+          const float v01 = apply_epilogue(acc[4 * j + 1], xs0, t1);
+          const float v10 = apply_epilogue(acc[4 * j + 2], xs1, t0);
+          const float v11 = apply_epilogue(acc[4 * j + 3], xs1, t1);
+          if (vec2 && has1) {
+            if (in0) store_pair(out0 + col, v00, v01);
+            if (in1) store_pair(out1 + col, v10, v11);
+          } else {
+            if (in0) {
+              out0[col] = to_out<OutT>(v00);
+              if (has1) out0[col + 1] = to_out<OutT>(v01);
+            }
+            if (in1) {
+              out1[col] = to_out<OutT>(v10);
+              if (has1) out1[col + 1] = to_out<OutT>(v11);
+            }
+          }
+        }
+      }
+      // kSplit runs one unit per CTA and only the owning warps get here: nothing to free.
+      if constexpr (!kSplit) mbar_arrive(terms_empty_bar + 8 * buf);
     }
   }
+  // kSplit: every thread of the cluster meets here before any CTA exits, so no CTA's shared
+  // memory goes away while another might still write into it (the receive mbarrier already
+  // orders the writes before the owner's reads; this orders them before the exit).
+  if constexpr (kSplit) cluster_sync_any();
 #elif defined(__CUDA_ARCH__)
   __trap();  // only the sm_90a build of this kernel is ever launched
 #endif
@@ -563,119 +696,6 @@ bool encode_operand(CUtensorMap* map, const int8_t* ptr, int64_t rows, int64_t c
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Split-K: K tiles per split and the split count (every split non-empty).
-struct SplitPlan {
-  int splits;
-  int k_tiles_per_split;
-};
-
-constexpr int kMaxSplits = 16;
-constexpr int kMinSplitKTiles = 4;  // K tiles (of 128) each split keeps at least
-
-// Splits K when the tiles leave SMs idle. Cost model, in "steps" (one K tile on every SM):
-// the busiest CTA runs ceil(units / num_sms) units of (K tiles per split + kUnitSteps, the
-// pipeline fill and the epilogue); a split also pays the reduce launch (kReduceSteps) and
-// the int32 partials written and read back (8 bytes per output per split) against the bytes
-// a step streams (num_sms stages). A split must beat no split by kSplitGain (the model is
-// rough; a second kernel and a workspace are not worth a predicted few percent). No split
-// when the tiles alone fill the GPU, which keeps every larger-M shape on the unchanged path.
-SplitPlan pick_splits(int64_t tiles, int64_t k_tiles, int64_t m, int64_t n, int stage_bytes,
-                      int num_sms) {
-  SplitPlan plan{1, static_cast<int>(k_tiles)};
-  if (tiles >= num_sms) return plan;
-  constexpr double kUnitSteps = 2.0, kReduceSteps = 2.0, kSplitGain = 0.9;
-  const double step_bytes = static_cast<double>(num_sms) * stage_bytes;
-  double best = kSplitGain * (static_cast<double>(k_tiles) + kUnitSteps);
-  for (int s = 2; s <= kMaxSplits; ++s) {
-    const int64_t per = ceil_div(k_tiles, s);
-    if (per < kMinSplitKTiles) break;
-    // ceil(k_tiles / per) splits of `per` cover K with a non-empty last split
-    // ((splits - 1) * per < k_tiles); it may be fewer than s.
-    const int64_t splits = ceil_div(k_tiles, per);
-    const double waves = static_cast<double>(ceil_div(tiles * splits, num_sms));
-    const double cost = waves * (static_cast<double>(per) + kUnitSteps) + kReduceSteps +
-                        8.0 * static_cast<double>(splits) * static_cast<double>(m * n) / step_bytes;
-    if (cost < best) {
-      best = cost;
-      plan = {static_cast<int>(splits), static_cast<int>(per)};
-    }
-  }
-  return plan;
-}
-
-template <int BN, typename OutT>
-void launch_gemm(const CUtensorMap& tmap_a, const CUtensorMap& tmap_w, int64_t m, int64_t n,
-                 int k_tiles, int tiles_m, int tiles_n, const SplitPlan& plan,
-                 const Epilogue& ep, OutT* out, bool vec2, int num_sms, cudaStream_t stream) {
-  using Cfg = TileConfig<BN>;
-  const int64_t units = static_cast<int64_t>(tiles_m) * tiles_n * plan.splits;
-  const int grid = static_cast<int>(std::min<int64_t>(units, num_sms));
-  auto* kernel = gemm_sm90a_kernel<BN, OutT>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      Cfg::kSmemBytes));
-  launch_kernel(kernel, grid, kThreads, Cfg::kSmemBytes, stream, 1, tmap_a, tmap_w,
-                static_cast<int>(m), static_cast<int>(n), k_tiles, tiles_m, tiles_n, plan.splits,
-                plan.k_tiles_per_split, ep, out, vec2);
-}
-
-template <int BN, typename OutT>
-void launch_direct(const CUtensorMap& tmap_a, const CUtensorMap& tmap_w, int64_t m, int64_t n,
-                   int k_tiles, int tiles_m, int tiles_n, const SplitPlan& plan,
-                   const Epilogue& ep, void* out, int num_sms, cudaStream_t stream) {
-  const bool vec2 = n % 2 == 0 && reinterpret_cast<uintptr_t>(out) % (2 * sizeof(OutT)) == 0;
-  launch_gemm<BN, OutT>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep,
-                        static_cast<OutT*>(out), vec2, num_sms, stream);
-}
-
-template <int BN>
-bool launch_out(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
-                const Epilogue& ep, void* out, OutType out_type, int num_sms, cudaStream_t stream) {
-  using Cfg = TileConfig<BN>;
-  if (out_type != OutType::kFloat && out_type != OutType::kHalf &&
-      out_type != OutType::kBFloat16) {
-    return false;
-  }
-  CUtensorMap tmap_a, tmap_w;
-  if (!encode_operand(&tmap_a, a, m, k, lda, kBlockM)) return false;
-  if (!encode_operand(&tmap_w, w, n, k, k, BN)) return false;
-  const int tiles_m = static_cast<int>(ceil_div(m, kBlockM));
-  const int tiles_n = static_cast<int>(ceil_div(n, BN));
-  const int k_tiles = static_cast<int>(ceil_div(k, kBlockK));
-  const int64_t tiles = static_cast<int64_t>(tiles_m) * tiles_n;
-  const SplitPlan plan = pick_splits(tiles, k_tiles, m, n, Cfg::kStageBytes, num_sms);
-
-  if (plan.splits > 1) {
-    // int32 partials [splits, M, N]: every element is written by the kernel (no memset).
-    // Allocated on the current stream, which is `stream` (ops_cuda.cu launches everything
-    // there), so the caching allocator reuses the block only after the reduce has run.
-    const at::Tensor partial = at::empty(
-        {plan.splits, m, n},
-        at::TensorOptions().dtype(at::kInt).device(at::kCUDA, c10::cuda::current_device()));
-    int32_t* part = partial.data_ptr<int32_t>();
-    // The allocator's blocks are 512-byte aligned; with N even every (split, row, even col)
-    // is 8-byte aligned.
-    launch_gemm<BN, int32_t>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep, part,
-                             n % 2 == 0, num_sms, stream);
-    splitk_reduce(part, plan.splits, m, n, ep, out, out_type, stream);
-    return true;
-  }
-  switch (out_type) {
-    case OutType::kFloat:
-      launch_direct<BN, float>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep, out,
-                               num_sms, stream);
-      return true;
-    case OutType::kHalf:
-      launch_direct<BN, __half>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep, out,
-                                num_sms, stream);
-      return true;
-    case OutType::kBFloat16:
-      launch_direct<BN, __nv_bfloat16>(tmap_a, tmap_w, m, n, k_tiles, tiles_m, tiles_n, plan, ep,
-                                       out, num_sms, stream);
-      return true;
-  }
-  return false;
-}
-
 // 256-wide tiles read shared memory most efficiently; 128-wide ones when they fill more SMs.
 // Cost model: waves of tiles x tile width, with the narrower tile ~10% less efficient.
 int pick_block_n(int64_t m, int64_t n, int num_sms) {
@@ -685,22 +705,170 @@ int pick_block_n(int64_t m, int64_t n, int num_sms) {
   return waves128 * 128 * 11 < waves256 * 256 * 10 ? 128 : 256;
 }
 
+// Tile width, split count and K tiles per split of one call.
+struct Plan {
+  int block_n;
+  int splits;
+  int k_tiles_per_split;
+};
+
+// How many clusters of `size` CTAs of `kernel` (with `smem` bytes of shared memory each) the
+// current GPU holds at once. Clusters live inside one GPC, so this can be well below
+// #SMs / size (an H200 holds 66 clusters of 2 but fewer than 32 of 4 and 16 of 8). Asked
+// once per device, kernel and size; 0 when the runtime cannot say (that size is not used).
+int cluster_capacity(const void* kernel, int smem, int size) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, const void*, int>, int> cache;
+  const int device = c10::cuda::current_device();
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(device, kernel, size);
+  const auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  int clusters = 0;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) ==
+      cudaSuccess) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(size, 1, 1);
+    cfg.blockDim = dim3(kThreads, 1, 1);
+    cfg.dynamicSmemBytes = smem;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = size;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) clusters = 0;
+  }
+  (void)cudaGetLastError();  // a refused query leaves no sticky error behind
+  cache.emplace(key, clusters);
+  return clusters;
+}
+
+// CTAs of the split-K kernel (tile width BN, clusters of `splits`) resident at once.
+template <int BN, typename OutT>
+int64_t split_slots(int splits) {
+  return static_cast<int64_t>(splits) *
+         cluster_capacity(reinterpret_cast<const void*>(gemm_sm90a_kernel<BN, OutT, true>),
+                          TileConfig<BN, true>::kSmemBytes, splits);
+}
+
+// When 128-wide tiles fill every SM, the persistent kernel with 128- or 256-wide tiles
+// (pick_block_n). Otherwise (small M) the weights stream through too few SMs, and the plan is
+// the one that keeps the most SMs busy in a single wave: 64-wide tiles, then 128- or 64-wide
+// tiles split over clusters of 2 or 4 (tried in this order, a later one taken only when it
+// keeps strictly more SMs busy, so wider tiles and no split win ties). A split pays for its
+// cluster launch and exchange only over a long K: each split keeps >= kMinSplitKTiles K tiles.
+// Measured on an H200 (every plan forced, scaled_mm, M = 16..512): 4096x4096 at M <= 128
+// runs best as 64-wide tiles unsplit (8.2-9.9 us; split in 2: 8.8-10.3), 14336x4096 at
+// M <= 128 as 64-wide tiles split in 2 (19.3-22.4 us; unsplit 22.3-26.8), and at M = 256
+// 64-wide tiles unsplit beat 128-wide ones split in 2 (11.2 against 13.5 us; 28.2 against
+// 30.3). Clusters of 4 rarely fit: an H200 holds 30 at once, not the 32 a 4096-wide N needs.
+constexpr int kMinSplitKTiles = 24;
+
+template <typename OutT>
+Plan pick_plan(int64_t m, int64_t n, int64_t k_tiles, int num_sms) {
+  const int64_t tiles_m = ceil_div(m, kBlockM);
+  const int64_t tiles128 = tiles_m * ceil_div(n, 128);
+  if (tiles128 >= num_sms) return {pick_block_n(m, n, num_sms), 1, static_cast<int>(k_tiles)};
+  Plan best{128, 1, static_cast<int>(k_tiles)};
+  int64_t best_ctas = tiles128;
+  const Plan candidates[] = {{64, 1, 0}, {128, 2, 0}, {64, 2, 0}, {128, 4, 0}, {64, 4, 0}};
+  for (Plan p : candidates) {
+    const int64_t ctas = tiles_m * ceil_div(n, p.block_n) * p.splits;
+    const int64_t per = ceil_div(k_tiles, p.splits);
+    int64_t slots = num_sms;
+    if (p.splits > 1) {
+      if (per < kMinSplitKTiles || (p.splits - 1) * per >= k_tiles) continue;
+      slots = p.block_n == 128 ? split_slots<128, OutT>(p.splits) : split_slots<64, OutT>(p.splits);
+    }
+    if (ctas > slots || ctas <= best_ctas) continue;
+    p.k_tiles_per_split = static_cast<int>(p.splits > 1 ? per : k_tiles);
+    best = p;
+    best_ctas = ctas;
+  }
+  return best;
+}
+
+// Returns false, launching nothing, when the driver refuses a tensor map.
+template <int BN, typename OutT>
+bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
+                 const Plan& plan, const Epilogue& ep, void* out_ptr, int num_sms, bool w_ready,
+                 cudaStream_t stream) {
+  // Below one row tile, the A box covers the rows that exist (rounded up to a swizzle atom of
+  // 8 rows) instead of 128 rows mostly filled with zeros by TMA: on an H200 the zero fill made
+  // a K tile of a 16-row A take ~2.5x as long as a full one. The box's rows past M hold zeros;
+  // the tile rows past the box keep whatever shared memory held, and only feed accumulator
+  // rows past M, which are never stored.
+  const int a_box_rows = m < kBlockM ? static_cast<int>(ceil_div(m, 8) * 8) : kBlockM;
+  CUtensorMap tmap_a, tmap_w;
+  if (!encode_operand(&tmap_a, a, m, k, lda, a_box_rows)) return false;
+  if (!encode_operand(&tmap_w, w, n, k, k, BN)) return false;
+  const int tiles_m = static_cast<int>(ceil_div(m, kBlockM));
+  const int tiles_n = static_cast<int>(ceil_div(n, BN));
+  const int k_tiles = static_cast<int>(ceil_div(k, kBlockK));
+  const int64_t tiles = static_cast<int64_t>(tiles_m) * tiles_n;
+  OutT* out = static_cast<OutT*>(out_ptr);
+  const bool vec2 = n % 2 == 0 && reinterpret_cast<uintptr_t>(out) % (2 * sizeof(OutT)) == 0;
+  if constexpr (BN <= 128) {
+    if (plan.splits > 1) {
+      // One CTA per (tile, split): clusters of `splits` consecutive CTAs.
+      using Cfg = TileConfig<BN, true>;
+      auto* kernel = gemm_sm90a_kernel<BN, OutT, true>;
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          Cfg::kSmemBytes));
+      launch_kernel(kernel, static_cast<unsigned>(tiles * plan.splits), kThreads,
+                    Cfg::kSmemBytes, stream, static_cast<unsigned>(plan.splits), tmap_a, tmap_w,
+                    static_cast<int>(m), static_cast<int>(n), k_tiles, tiles_m, tiles_n,
+                    plan.splits, plan.k_tiles_per_split, a_box_rows, ep, out, vec2, w_ready);
+      return true;
+    }
+  }
+  using Cfg = TileConfig<BN, false>;
+  auto* kernel = gemm_sm90a_kernel<BN, OutT, false>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      Cfg::kSmemBytes));
+  launch_kernel(kernel, static_cast<unsigned>(std::min<int64_t>(tiles, num_sms)), kThreads,
+                Cfg::kSmemBytes, stream, 1, tmap_a, tmap_w, static_cast<int>(m),
+                static_cast<int>(n), k_tiles, tiles_m, tiles_n, 1, k_tiles, a_box_rows, ep, out,
+                vec2, w_ready);
+  return true;
+}
+
+template <typename OutT>
+bool run_typed(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
+               const Epilogue& ep, void* out, int num_sms, bool w_ready, cudaStream_t stream) {
+  const Plan plan = pick_plan<OutT>(m, n, ceil_div(k, kBlockK), num_sms);
+  switch (plan.block_n) {
+    case 256: return launch_gemm<256, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, stream);
+    case 128: return launch_gemm<128, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, stream);
+    default: return launch_gemm<64, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, stream);
+  }
+}
+
 }  // namespace
 
 bool gemm_sm90a(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
-                Epilogue ep, void* out, OutType out_type, int num_sms, cudaStream_t stream) {
+                Epilogue ep, void* out, OutType out_type, int num_sms, bool w_ready,
+                cudaStream_t stream) {
   // TMA coordinates and the kernel's tile indices are 32-bit. (The ops already cap K at
   // kMaxK, where the int32 accumulation is exact.)
   if (m < kMinRows || n < 1 || k < 1 || num_sms < 1) return false;
   if (m > INT_MAX - 2 * kBlockM || n > INT_MAX - 512 || k > INT_MAX - kBlockK) return false;
-  if (ceil_div(m, kBlockM) * ceil_div(n, 128) > INT_MAX) return false;
+  if (ceil_div(m, kBlockM) * ceil_div(n, 64) > INT_MAX / 4) return false;
   if (k % 16 != 0 || lda % 16 != 0 || lda < k || reinterpret_cast<uintptr_t>(a) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(w) % 16 != 0) {
     return false;  // TMA needs 16-byte aligned bases and row strides
   }
-  return pick_block_n(m, n, num_sms) == 256
-             ? launch_out<256>(a, lda, w, m, n, k, ep, out, out_type, num_sms, stream)
-             : launch_out<128>(a, lda, w, m, n, k, ep, out, out_type, num_sms, stream);
+  switch (out_type) {
+    case OutType::kFloat:
+      return run_typed<float>(a, lda, w, m, n, k, ep, out, num_sms, w_ready, stream);
+    case OutType::kHalf:
+      return run_typed<__half>(a, lda, w, m, n, k, ep, out, num_sms, w_ready, stream);
+    case OutType::kBFloat16:
+      return run_typed<__nv_bfloat16>(a, lda, w, m, n, k, ep, out, num_sms, w_ready, stream);
+  }
+  return false;
 }
 
 }  // namespace cuda
@@ -712,7 +880,7 @@ namespace int8q {
 namespace cuda {
 
 bool gemm_sm90a(const int8_t*, int64_t, const int8_t*, int64_t, int64_t, int64_t, Epilogue, void*,
-                OutType, int, cudaStream_t) {
+                OutType, int, bool, cudaStream_t) {
   return false;  // built without a 9.0a target
 }
 

@@ -78,9 +78,12 @@ void gemm_generic(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int6
                   Epilogue ep, void* out, OutType out_type, cudaStream_t stream);
 
 // Hopper wgmma + TMA GEMM (sm_90a builds only). Returns false when not compiled in or the
-// shape is not supported, so the caller falls back to gemm_sm80.
+// shape is not supported, so the caller falls back to gemm_sm80. w_ready: W and the epilogue's
+// per-channel data were not written by the kernel launched just before on the stream, so the
+// GEMM may start loading W before that kernel has finished (PDL, launch.cuh).
 bool gemm_sm90a(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
-                Epilogue ep, void* out, OutType out_type, int num_sms, cudaStream_t stream);
+                Epilogue ep, void* out, OutType out_type, int num_sms, bool w_ready,
+                cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace int8q

@@ -73,8 +73,10 @@ namespace {
 int num_sms() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
 
 // A [M, K] int8 (row stride lda) x W [N, K]^T with the epilogue ep, into out [M, N].
+// w_ready: the kernel launched just before on the stream is int8q's activation quantizer
+// (gemm_sm90a may then load W before it ends; see kernels.h).
 void run_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
-              const Epilogue& ep, void* out, OutType out_type, cudaStream_t stream) {
+              const Epilogue& ep, void* out, OutType out_type, bool w_ready, cudaStream_t stream) {
   const bool tensor_core_ok = k % 16 == 0 && lda % 16 == 0 && aligned16(a) && aligned16(w);
   if (!tensor_core_ok) {
     gemm_generic(a, lda, w, m, n, k, ep, out, out_type, stream);
@@ -83,7 +85,7 @@ void run_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t 
   const int sms = num_sms();
   const auto* prop = at::cuda::getCurrentDeviceProperties();
   if (prop->major == 9 && prop->minor == 0 && !sm90a_disabled() &&
-      gemm_sm90a(a, lda, w, m, n, k, ep, out, out_type, sms, stream)) {
+      gemm_sm90a(a, lda, w, m, n, k, ep, out, out_type, sms, w_ready, stream)) {
     return;
   }
   gemm_sm80(a, lda, w, m, n, k, ep, out, out_type, sms, stream);
@@ -195,7 +197,11 @@ at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& qweight, const at:
                 row_scale.data_ptr<float>(), stream);
   ep.x_scale = row_scale.data_ptr<float>();
   ep.x_scale_stride = 1;
-  run_gemm(codes.data_ptr<int8_t>(), k, w.data_ptr<int8_t>(), m, n, k, ep, out.data_ptr(), ot, stream);
+  // quantize_rows is one kernel that waits for everything before it (launch.cuh) and writes
+  // only codes and row_scale: W, its scales, sums and the bias are complete when the GEMM
+  // starts, so it may load them before the quantizer ends.
+  run_gemm(codes.data_ptr<int8_t>(), k, w.data_ptr<int8_t>(), m, n, k, ep, out.data_ptr(), ot,
+           /*w_ready=*/true, stream);
   return out;
 }
 
@@ -221,7 +227,7 @@ at::Tensor scaled_mm_cuda(const at::Tensor& xq, const at::Tensor& qweight, const
   at::Tensor bias_holder;
   set_bias(ep, bias, bias_holder);
   run_gemm(a.data_ptr<int8_t>(), k, w.data_ptr<int8_t>(), m, n, k, ep, out.data_ptr(),
-           out_type_of(dtype), at::cuda::getCurrentCUDAStream());
+           out_type_of(dtype), /*w_ready=*/false, at::cuda::getCurrentCUDAStream());
   return out;
 }
 
