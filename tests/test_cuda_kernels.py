@@ -537,6 +537,47 @@ def test_mma_sync_path_when_sm90a_is_disabled(monkeypatch, rng, m, k, n):
     check_matmul(x, w_q, w_scale, None, None, gpu_bias(rng, n, torch.float16))
 
 
+# ----------------------------------------------------------------------------- sm_90a tile plans
+
+
+# (M, K, N) that gemm_sm90a.cu's pick_plan sends, on an H100/H200 (132 SMs, 30 clusters of 4
+# at once), to each plan of the small-M region; on other cards they still check some plan.
+SM90A_PLANS = [
+    (1, 256, 72),        # 8-row A box, one consumer warpgroup, 64-wide tiles
+    (17, 6160, 1000),    # 64-wide tiles split over clusters of 2; K tail (49 K tiles: 25 + 24)
+    (17, 6160, 1001),    # the same with odd N (scalar stores)
+    (100, 6160, 5121),   # 128-wide tiles split in 2; 104-row box: rows 100..127 of the tile unloaded
+    (64, 12304, 448),    # 64-wide tiles split over clusters of 4 (97 K tiles: 25 x 3 + 22)
+    (40, 12304, 1984),   # 128-wide tiles split over clusters of 4
+    (64, 4096, 4096),    # 64-wide tiles, unsplit (K too short to split)
+    (127, 4096, 4096),
+    (200, 4096, 4096),   # two row tiles of 64-wide tiles
+]
+
+
+@pytest.mark.parametrize("m,k,n", SM90A_PLANS, ids=str)
+def test_sm90a_small_m_plans(rng, m, k, n):
+    # Exact int32 core (unit scales, fp32 out), then the full epilogue for each output dtype,
+    # then matmul on weights quantized just before (its GEMM loads W ahead of pdl_wait).
+    g = torch.Generator(device=DEV).manual_seed(_seed(rng))
+    xq = torch.randint(-128, 128, (m, k), generator=g, device=DEV, dtype=torch.int8)
+    qweight = torch.randint(-127, 128, (n, k), generator=g, device=DEV, dtype=torch.int8)
+    ones_m, ones_n = torch.ones(m, device=DEV), torch.ones(n, device=DEV)
+    exact = int8q.scaled_mm(xq, qweight, ones_m, ones_n, out_dtype=torch.float32)
+    assert torch.equal(exact, reference.int_matmul(xq, qweight).float())
+    w_scale = torch.rand(n, generator=g, device=DEV) * 0.01 + 1e-4
+    x_scale = torch.rand(m, generator=g, device=DEV) * 0.05 + 1e-3
+    for out_dtype in HALF_DTYPES + (torch.float32,):
+        bias = gpu_bias(rng, n, out_dtype)
+        out = int8q.scaled_mm(xq, qweight, x_scale, w_scale, bias, out_dtype)
+        ref = reference.scaled_mm(xq, qweight, x_scale, w_scale, bias, out_dtype)
+        assert_rows_close(out, ref, extra=epilogue_magnitude(qweight, w_scale, None, bias))
+    w = torch.randn(n, k, generator=g, device=DEV, dtype=torch.float16) * 0.05
+    w_q, ws = int8q.quantize_weight(w)
+    x = gpu_activation(rng, (m, k), torch.bfloat16)
+    check_matmul(x, w_q, ws, None, None, gpu_bias(rng, n, torch.bfloat16))
+
+
 # ----------------------------------------------------------------------------- programmatic dependent launch
 
 

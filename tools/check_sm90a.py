@@ -1,19 +1,18 @@
 """Correctness check of the Hopper (sm_90a) GEMM path against int8q.reference.
 
-On an H100/H200 with int8q built for 9.0a, torch.ops.int8q.scaled_mm routes M >= 33 to
-gemm_sm90a (smaller M falls back to the sm80 path, checked here as well). Shapes cover tile
-tails in M and N, K = 16 * odd (a partial last 128-wide K tile), odd N (scalar stores), one
-row tile with many column tiles (128-wide tiles), and many tiles per CTA (persistent loop and
-pipeline phase wrap-around).
+On an H100/H200 with int8q built for 9.0a, torch.ops.int8q.scaled_mm routes every M to
+gemm_sm90a. Shapes cover tile tails in M and N, K = 16 * odd (a partial last 128-wide K tile),
+odd N (scalar stores), one row tile with many column tiles, and many tiles per CTA (persistent
+loop and pipeline phase wrap-around).
 
-Split-K: when the tiles leave SMs idle (small M), gemm_sm90a splits K, writes int32 partials
-and reduces them with splitk_reduce. The "path" column shows sm90a/sS with the split count S
-that gemm_sm90a's pick_splits should choose on this card (a mirror of its cost model, for
-labelling only: the checks themselves do not depend on it). The split shapes include a last
-split shorter than the others and ending in a K tail, odd N (scalar partial stores), M below
-one row tile, 256-wide tiles, and more units than SMs (several units of different K-tile
-counts per CTA). The exact-int32 case checks the summed partials; the scaled cases check the
-epilogue as splitk_reduce applies it.
+Small M: below 128 rows the A box is only the rows that exist, and at M <= 64 one consumer
+warpgroup works alone. When 128-wide tiles leave SMs idle, gemm_sm90a's pick_plan takes
+64-wide tiles and/or splits K over thread-block clusters (partial sums added in distributed
+shared memory). The "path" column shows the plan pick_plan should choose on this card, as
+sm90a/<tile width>[sS] (a mirror of it that assumes an H100/H200's cluster capacity: 66
+clusters of 2 and 30 of 4 at once; labels only, the checks do not depend on it). The split
+shapes include a last split shorter than the others and ending in a K tail, odd N, and M
+below one row tile.
 
     python tools/check_sm90a.py            # all shapes
     python tools/check_sm90a.py --quick    # a few small shapes (e.g. under compute-sanitizer)
@@ -48,19 +47,21 @@ SHAPES = [
     (64, 512, 384),       # M = 64: one half-empty row tile, 4 K tiles (too few to split)
     (100, 592, 1000),     # M < 128 with M, N and K tails, no split
     (48, 512, 384),       # M = 48: a partly empty row tile
-    # Split-K (split counts for 132 SMs; the path column shows this card's):
-    (256, 4096, 4096),    # 2 splits of 16 K tiles
-    (96, 4096, 4096),     # M < 128: 4 splits
-    (64, 4096, 4096),     # 4 splits
-    (128, 14336, 4096),   # 4 splits of 28 K tiles
-    (256, 14336, 4096),   # 2 splits of 56
-    (128, 4176, 4096),    # K = 16 * 261: 33 K tiles as 9 + 9 + 9 + 6, the last one a K tail
-    (200, 4816, 1001),    # K = 16 * 301 (38 K tiles: 8 splits, last 3), odd N, M tail
-    (64, 1040, 1000),     # K = 16 * 65 (9 K tiles: 5 + 4), N tail
-    (192, 14336, 4480),   # 5 splits of 23 (last 20): 350 units on 132 CTAs, 2-3 units each
-    (512, 14336, 4480),   # 256-wide tiles, 3 splits of 38 (last 36)
+    # Small M on 132 SMs (the path column shows this card's plan):
+    (256, 4096, 4096),    # 64-wide tiles, 2 row tiles
+    (96, 4096, 4096),     # 64-wide tiles, 96-row A box
+    (64, 4096, 4096),     # 64-wide tiles, one consumer warpgroup
+    (128, 14336, 4096),   # 64-wide tiles split in 2 (56 K tiles each)
+    (17, 14336, 4096),    # the same at 17 rows (24-row A box)
+    (128, 6224, 4096),    # K = 16 * 389: 49 K tiles as 25 + 24, the last one a K tail
+    (100, 6160, 5121),    # 128-wide tiles split in 2, odd N, M tail
+    (64, 12304, 448),     # 64-wide tiles split over clusters of 4 (25 x 3 + 22 K tiles)
+    (40, 12304, 1984),    # 128-wide tiles split over clusters of 4
+    (200, 4816, 1001),    # odd N, M tail, 64-wide tiles
+    (512, 14336, 4480),   # 256-wide tiles
 ]
 QUICK = [(128, 128, 128), (200, 112, 136), (300, 256, 1001), (1000, 592, 1000), (64, 1040, 1000),
+         (17, 6224, 1000), (100, 6160, 5121),
          (200, 4816, 1001)]
 
 TOL = {  # |out - ref| <= atol + rtol * |ref|, rtol ~ 1-2 ulp of the output type
@@ -74,37 +75,35 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def predicted_splits(m: int, n: int, k: int, sms: int) -> int:
-    """Mirror of gemm_sm90a.cu's pick_block_n + pick_splits (labels only; keep in step)."""
+def predicted_plan(m: int, n: int, k: int, sms: int) -> str:
+    """Mirror of gemm_sm90a.cu's pick_block_n + pick_plan (labels only; keep in step)."""
     tiles_m, k_tiles = _cdiv(m, 128), _cdiv(k, 128)
-    waves256 = _cdiv(tiles_m * _cdiv(n, 256), sms)
-    waves128 = _cdiv(tiles_m * _cdiv(n, 128), sms)
-    bn = 128 if waves128 * 128 * 11 < waves256 * 256 * 10 else 256
-    tiles = tiles_m * _cdiv(n, bn)
-    if tiles >= sms:
-        return 1
-    step_bytes = sms * (128 * 128 + bn * 128)
-    best, best_cost = 1, 0.9 * (k_tiles + 2.0)
-    for s in range(2, 17):
+    tiles128 = tiles_m * _cdiv(n, 128)
+    if tiles128 >= sms:
+        waves256 = _cdiv(tiles_m * _cdiv(n, 256), sms)
+        waves128 = _cdiv(tiles128, sms)
+        return "sm90a/128" if waves128 * 128 * 11 < waves256 * 256 * 10 else "sm90a/256"
+    slots = {1: sms, 2: 2 * (sms // 2), 4: 120}  # H100/H200 cluster capacity
+    best, best_ctas = "sm90a/128", tiles128
+    for bn, s in [(64, 1), (128, 2), (64, 2), (128, 4), (64, 4)]:
+        ctas = tiles_m * _cdiv(n, bn) * s
         per = _cdiv(k_tiles, s)
-        if per < 4:
-            break
-        splits = _cdiv(k_tiles, per)
-        cost = _cdiv(tiles * splits, sms) * (per + 2.0) + 2.0 + 8.0 * splits * m * n / step_bytes
-        if cost < best_cost:
-            best, best_cost = splits, cost
+        if s > 1 and (per < 24 or (s - 1) * per >= k_tiles):
+            continue
+        if ctas > slots[s] or ctas <= best_ctas:
+            continue
+        best, best_ctas = f"sm90a/{bn}" + (f"s{s}" if s > 1 else ""), ctas
     return best
 
 
 def expected_path(m: int, n: int = 0, k: int = 0) -> str:
     major, minor = torch.cuda.get_device_capability()
-    if (major, minor) != (9, 0) or m < 33 or k % 16 != 0:  # gemm_sm90a.cu kMinRows
+    if (major, minor) != (9, 0) or k % 16 != 0:
         return "fallback"
     if n == 0:
         return "sm90a"
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    splits = predicted_splits(m, n, k, sms)
-    return "sm90a" if splits == 1 else f"sm90a/s{splits}"
+    return predicted_plan(m, n, k, sms)
 
 
 def make_inputs(m, k, n, gen, per_channel=True, per_token=True):
@@ -132,7 +131,7 @@ def compare(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, exact: boo
 
 def check_scaled_mm(shapes, gen) -> int:
     failures = 0
-    print(f"{'M':>6} {'K':>6} {'N':>6}  {'path':8} {'case':34} {'max_abs_err':>12} {'rel_to_max':>10}  ok")
+    print(f"{'M':>6} {'K':>6} {'N':>6}  {'path':14} {'case':34} {'max_abs_err':>12} {'rel_to_max':>10}  ok")
     for m, k, n in shapes:
         path = expected_path(m, n, k)
         xq, wq, xs, ws = make_inputs(m, k, n, gen)
@@ -155,16 +154,17 @@ def check_scaled_mm(shapes, gen) -> int:
             ref = reference.scaled_mm(*args)
             ok, max_err, rel = compare(out, ref, args[-1], exact)
             failures += not ok
-            print(f"{m:6d} {k:6d} {n:6d}  {path:8} {name:34} {max_err:12.4e} {rel:10.2e}  {'ok' if ok else 'FAIL'}")
+            print(f"{m:6d} {k:6d} {n:6d}  {path:14} {name:34} {max_err:12.4e} {rel:10.2e}  {'ok' if ok else 'FAIL'}")
     return failures
 
 
 def check_matmul_shift(gen) -> int:
     """Static scale + shift: exercises the w_sum (shift) term of the epilogue."""
     failures = 0
-    # (128, 4096, 4096) and (200, 4816, 1001) take the split-K path: the shift term and bias
-    # are applied by splitk_reduce there.
-    for m, k, n in [(256, 592, 520), (1024, 4096, 4096), (128, 4096, 4096), (200, 4816, 1001)]:
+    # (128, 14336, 4096) and (100, 6160, 5121) split K over clusters: the owner of each row
+    # slice applies the shift term and bias after adding the other splits' sums.
+    for m, k, n in [(256, 592, 520), (1024, 4096, 4096), (128, 14336, 4096), (100, 6160, 5121),
+                    (200, 4816, 1001)]:
         x = (torch.randn(m, k, generator=gen) + 0.3).cuda().half()
         w = torch.randn(n, k, generator=gen).cuda()
         wq, ws = int8q.quantize_weight(w)

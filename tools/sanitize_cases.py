@@ -4,8 +4,8 @@
 The cases cover: matmul dynamic / static / static+shift at M in {1, 17, 4096} (fused small-M
 path for M <= 8 in each of its row-count variants, quantize + tensor-core GEMM above), the
 generic GEMM (K % 16 != 0, misaligned int8 operands), every GEMM tile shape with M and N
-tails (sm80 mma.sync; sm90a wgmma with 128- and 256-wide tiles, more tiles than SMs), split-K
-(small M, long K), K tiles past the pipeline depth, non-contiguous / misaligned / 3-D
+tails (sm80 mma.sync; sm90a wgmma with 64-, 128- and 256-wide tiles, more tiles than SMs),
+split-K (small M, long K: a workspace and a reduce kernel on sm80, clusters on sm90a), K tiles past the pipeline depth, non-contiguous / misaligned / 3-D
 activations, M = 0, NaN/Inf rows, x_smooth (quantize_activation and matmul),
 scaled_mm per-row / per-tensor in every output dtype, quantize_activation in every mode and
 quantize_weight per-channel / per-tensor. Each result is checked against int8q.reference on
@@ -62,6 +62,11 @@ _TABLE = [
     ("scaled_mm", "per_row", 5760, (256, 576), (128, 576), dict(out_dtype="bf16")),
     ("matmul", "shift", 1152, (640, 2048), (640, 2048), dict(dtype="bf16")),
     ("scaled_mm", "per_tensor", 256, (1024, 128), (1024, 128), dict(out_dtype="fp16")),
+    # sm_90a small-M plans: K split over clusters of 2 (64- and 128-wide tiles) and of 4, the
+    # partial sums exchanged in distributed shared memory; short A boxes, one consumer warpgroup.
+    ("matmul", "dynamic", 17, (6224, 1000), (6224, 1000), dict(dtype="fp16", bias="fp16")),
+    ("scaled_mm", "per_row", 100, (6160, 5121), (6160, 5121), dict(out_dtype="bf16", bias="fp32")),
+    ("matmul", "shift", 40, (12304, 1984), (12304, 448), dict(dtype="bf16")),
     # Activation layouts: strided, padded rows, misaligned pointer, transposed, 3-D, M = 0.
     ("matmul", "dynamic", 17, (1024, 129), (512, 65), dict(dtype="fp16", layout="strided")),
     ("matmul", "dynamic", 4096, (512, 65), (128, 33), dict(dtype="bf16", layout="row_padded")),
