@@ -246,6 +246,9 @@ def _command_output(args: Sequence[str]) -> Optional[str]:
 
 
 def git_commit() -> Optional[str]:
+    # INT8Q_COMMIT names the commit where the checkout's git metadata cannot (a copied tree).
+    if os.environ.get("INT8Q_COMMIT"):
+        return os.environ["INT8Q_COMMIT"]
     commit = _command_output(["git", "rev-parse", "--short=12", "HEAD"])
     if commit and _command_output(["git", "status", "--porcelain", "--untracked-files=no"]):
         commit += "+dirty"
