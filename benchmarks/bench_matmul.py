@@ -134,12 +134,19 @@ class TokenInputs:
         }
 
 
+ROUNDS_NOTE = (
+    " Each case is timed in rounds (the methods in an order rotated by one per round) and each"
+    " method reports its median round, so a stall of the card in one round or the order of the"
+    " methods does not move a number."
+)
+
+
 class ContextLost(RuntimeError):
     pass
 
 
 def measure(method: Method, weights: ShapeInputs, tokens: TokenInputs, ref: torch.Tensor,
-            m: int, k: int, n: int, args, device: torch.device) -> Dict[str, object]:
+            m: int, k: int, n: int, args, device: torch.device, rep_ms: float) -> Dict[str, object]:
     record: Dict[str, object] = {"method": method.key, "M": m, "K": k, "N": n}
     if method.unavailable:
         return {**record, "status": "unavailable", "note": method.unavailable}
@@ -156,7 +163,7 @@ def measure(method: Method, weights: ShapeInputs, tokens: TokenInputs, ref: torc
         if not err < method.tolerance:
             return {**record, "status": "mismatch", "rel_err": err,
                     "note": f"relative error {err:.3g} against fp16 exceeds {method.tolerance:g}: not timed"}
-        timing = common.time_cuda(common.cycle_calls(method.run, arg_sets), args.warmup_ms, args.rep_ms)
+        timing = common.time_cuda(common.cycle_calls(method.run, arg_sets), args.warmup_ms, rep_ms)
     except Exception as exc:  # a refusal or a failure is a result too; keep sweeping
         if not common.cuda_context_ok(device):
             raise ContextLost(f"{method.key} at M={m} K={k} N={n}: {common.short_error(exc)}") from exc
@@ -170,6 +177,19 @@ def measure(method: Method, weights: ShapeInputs, tokens: TokenInputs, ref: torc
         "bytes": read + written, "tops": 2.0 * m * n * k / seconds / 1e12, "gbs": (read + written) / seconds / 1e9,
         "rel_err": err,
     }
+
+
+def median_round(recs: List[Dict[str, object]], method: Method, m: int, k: int, n: int) -> Dict[str, object]:
+    """One method's record from its rounds: the round with the median time (the lower middle
+    of an even count), with every round's time kept; the first failure if any round failed."""
+    if not recs:
+        return {"method": method.key, "M": m, "K": k, "N": n, "status": "skipped",
+                "note": "not reached: the CUDA context was lost"}
+    bad = [r for r in recs if r["status"] != "ok"]
+    if bad:
+        return bad[0]
+    ranked = sorted(recs, key=lambda r: r["us"])
+    return {**ranked[(len(ranked) - 1) // 2], "round_us": [r["us"] for r in recs]}
 
 
 # ---------------------------------------------------------------- reporting
@@ -201,7 +221,7 @@ def markdown_report(payload: Dict[str, object], methods: List[Method]) -> str:
     machine = payload["machine"]
     records = payload["results"]
     out = [f"# int8q W8A8 matmul benchmark: {machine['device_name']}\n",
-           common.machine_markdown(machine, common.TIMING_NOTE),
+           common.machine_markdown(machine, common.TIMING_NOTE + ROUNDS_NOTE),
            "\nCells: time in microseconds (speedup over fp16 `F.linear` in the same run). "
            "Every method's output was checked against fp16 first (relative Frobenius error "
            f"< {INT8_TOLERANCE:g}, fp8 < {FP8_TOLERANCE:g}); a mismatch is shown instead of a time.\n"]
@@ -298,11 +318,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=0.0,
                         help="stop starting new cases after this many seconds and write what was measured (0: no limit)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per case, each method timed for rep-ms / rounds in each, in an order "
+                             "rotated by one per round; the median round is reported (default 3)")
     common.add_timing_args(parser, warmup_ms=25.0, rep_ms=100.0)
     args = parser.parse_args(argv)
     common.apply_quick_timings(args, parser)
     args.m = args.m or (common.QUICK_TOKEN_COUNTS if args.quick else common.TOKEN_COUNTS)
     args.shapes = args.shapes or common.LINEAR_SHAPES
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return args
 
 
@@ -329,7 +354,8 @@ def main(argv=None) -> int:
         "benchmark": "matmul",
         "machine": machine,
         "config": {"shapes": [list(s) for s in args.shapes], "M": args.m, "warmup_ms": args.warmup_ms,
-                   "rep_ms": args.rep_ms, "seed": args.seed, "timing": common.TIMING_NOTE},
+                   "rep_ms": args.rep_ms, "rounds": args.rounds, "seed": args.seed,
+                   "timing": common.TIMING_NOTE + ROUNDS_NOTE},
         "methods": {mt.key: mt.label for mt in methods},
         "columns": {mt.key: mt.column for mt in methods},
         "results": [],
@@ -354,15 +380,28 @@ def main(argv=None) -> int:
                 continue
             tokens = TokenInputs(m, k, device, gen)
             ref = F.linear(tokens.x16, weights.w16)
-            recs = []
-            for mt in methods:
-                try:
-                    recs.append(measure(mt, weights, tokens, ref, m, k, n, args, device))
-                except ContextLost as exc:
-                    context_lost = f"CUDA context lost: {exc}"
-                    print(f"FATAL: {context_lost}; the remaining cases are skipped", flush=True)
-                    recs.append({"method": mt.key, "M": m, "K": k, "N": n, "status": "error", "note": str(exc)})
+            # Every method is timed in args.rounds rounds, each starting one method later in the
+            # order, and keeps the round with its median time: a stall of the card during one
+            # round, or the first method after fp16 running cold, moves no reported number.
+            rounds: List[Dict[str, Dict[str, object]]] = []
+            for r in range(args.rounds):
+                shift = r % len(methods)
+                got: Dict[str, Dict[str, object]] = {}
+                for mt in methods[shift:] + methods[:shift]:
+                    try:
+                        got[mt.key] = measure(mt, weights, tokens, ref, m, k, n, args, device,
+                                              args.rep_ms / args.rounds)
+                    except ContextLost as exc:
+                        context_lost = f"CUDA context lost: {exc}"
+                        print(f"FATAL: {context_lost}; the remaining cases are skipped", flush=True)
+                        got[mt.key] = {"method": mt.key, "M": m, "K": k, "N": n, "status": "error",
+                                       "note": str(exc)}
+                        break
+                rounds.append(got)
+                if context_lost:
                     break
+            recs = [median_round([rd[mt.key] for rd in rounds if mt.key in rd], mt, m, k, n)
+                    for mt in methods]
             base = recs[0] if recs[0]["status"] == "ok" else None
             for rec in recs:
                 if base and rec["status"] == "ok":
