@@ -20,6 +20,11 @@ import torch.nn.functional as F
 
 import common
 
+ROUNDS_NOTE = (
+    " Each case is timed in rounds (the columns in an order rotated by one per round) and each"
+    " column reports its median round."
+)
+
 DEFAULT_M = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024]
 
 
@@ -27,8 +32,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--m", type=common.parse_int_list, default=DEFAULT_M)
     parser.add_argument("--shapes", type=common.parse_shapes, default=common.LINEAR_SHAPES)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per case, the column order rotated by one per round; each column "
+                             "reports its median round (default 3)")
     common.add_timing_args(parser, warmup_ms=10, rep_ms=40)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     device = common.require_cuda("bench_dispatch.py")
     int8q, why = common.load_int8q()
     if int8q is None:
@@ -68,19 +78,36 @@ def main() -> int:
             copies = common.rotation_copies(per_call, device, bytes_per_copy=n * k * 3)
             sets = common.Rotation(x, qw, ws, w).take(copies)
             ref = F.linear(x, w)
-            fp16 = common.time_cuda(common.cycle_calls(lambda x, qw, ws, w: F.linear(x, w), sets),
-                                    args.warmup_ms, args.rep_ms).median_us
-            row = [f"{k}x{n}", m, common.fmt_us(fp16)]
-            rec = {"k": k, "n": n, "m": m, "fp16_us": fp16}
-            for name, fn in methods.items():
-                err = common.rel_err(fn(x, qw, ws, w), ref)
+            all_methods = {"fp16": lambda x, qw, ws, w: F.linear(x, w), **methods}
+            row = [f"{k}x{n}", m]
+            rec = {"k": k, "n": n, "m": m}
+            live = {}
+            for name, fn in all_methods.items():
+                err = 0.0 if name == "fp16" else common.rel_err(fn(x, qw, ws, w), ref)
                 if err > 5e-2:
-                    row.append(f"MISMATCH {err:.2g}")
                     rec[name] = None
+                    rec[name + "_error"] = err
+                else:
+                    live[name] = fn
+            # Rounds with the order rotated by one each time; each method keeps its median
+            # round, so neither a stall of the card nor the order of the columns moves a number.
+            times = {name: [] for name in live}
+            names = list(live)
+            for r in range(args.rounds):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    times[name].append(common.time_cuda(common.cycle_calls(live[name], sets), args.warmup_ms,
+                                                        args.rep_ms / args.rounds).median_us)
+            med = {name: sorted(ts)[(len(ts) - 1) // 2] for name, ts in times.items()}
+            fp16 = med.get("fp16")
+            rec["fp16_us"] = fp16
+            row.append(common.fmt_us(fp16) if fp16 else "MISMATCH")
+            for name in methods:
+                if name not in med:
+                    row.append(f"MISMATCH {rec[name + '_error']:.2g}")
                     continue
-                t = common.time_cuda(common.cycle_calls(fn, sets), args.warmup_ms, args.rep_ms).median_us
-                rec[name + "_us"] = t
-                row.append(f"{common.fmt_us(t)} ({fp16 / t:.2f}x)")
+                rec[name + "_us"] = med[name]
+                rec[name + "_round_us"] = times[name]
+                row.append(f"{common.fmt_us(med[name])} ({fp16 / med[name]:.2f}x)" if fp16 else common.fmt_us(med[name]))
             rows.append(row)
             records.append(rec)
             print(" | ".join(str(c) for c in row), flush=True)
@@ -90,7 +117,7 @@ def main() -> int:
     common.write_json(os.path.join(args.out, f"dispatch_{slug}.json"), {"machine": machine, "results": records})
     table = common.markdown_table(["K x N", "M", "fp16 us", "matmul", "matmul no-PDL", "two-pass", "sm80 two-pass"], rows, 1)
     common.write_text(os.path.join(args.out, f"dispatch_{slug}.md"),
-                      "# int8q kernel paths by M\n\n" + common.machine_markdown(machine, common.TIMING_NOTE) + "\n" + table)
+                      "# int8q kernel paths by M\n\n" + common.machine_markdown(machine, common.TIMING_NOTE + ROUNDS_NOTE) + "\n" + table)
     return 0
 
 
