@@ -1,9 +1,10 @@
 // Kernel launches with programmatic dependent launch (PDL, sm_90+). A matmul call is a
-// short chain of kernels (quantize -> GEMM -> split-K reduce) and at small M each one runs
-// for a few microseconds, so the gap between two of them (the first grid draining, the next
-// one being launched and filling the SMs) is a large share of the call. With PDL the next
-// kernel of the stream is launched while the previous one still runs; its CTAs start, then
-// block in pdl_wait() until the previous grid has completed and its memory is visible.
+// short chain of kernels (quantize -> GEMM, then a split-K reduce on the mma.sync path) and
+// at small M each one runs for a few microseconds, so the gap between two of them (the first
+// grid draining, the next one being launched and filling the SMs) is a large share of the
+// call. With PDL the next kernel of the stream is launched while the previous one still
+// runs; its CTAs start, then block in pdl_wait() until the previous grid has completed and
+// its memory is visible.
 //
 // Rule for every kernel launched through launch_kernel: call pdl_wait() before the first
 // read or write of global memory (inputs may have been written, and outputs may still be
@@ -42,7 +43,9 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 // nothing stale can be read later. The GEMMs issue it for the first weights they will
 // stream, meant to move those bytes while the quantizer before them still runs; on an H200
 // it made no measurable difference at 4096x4096, M <= 256 (within +-0.3 us), so it is a hint
-// kept for GPUs where the launch overlap is longer, not a measured gain.
+// kept for GPUs where the launch overlap is longer, not a measured gain. (In matmul the
+// sm_90a GEMM goes further and loads its first weight tiles into shared memory before the
+// wait, which the quantizer's contract allows: see gemm_sm90a.cu, w_ready.)
 __device__ __forceinline__ void prefetch_l2_bytes(const void* p, int bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
