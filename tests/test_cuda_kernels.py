@@ -551,7 +551,9 @@ SM90A_PLANS = [
     (40, 12304, 1984),   # 128-wide tiles split over clusters of 4
     (64, 4096, 4096),    # 64-wide tiles, unsplit (K too short to split)
     (127, 4096, 4096),
-    (200, 4096, 4096),   # two row tiles of 64-wide tiles
+    (200, 4096, 4096),   # two row tiles of 64-wide tiles; the last one's A box 72 rows
+    (192, 4096, 4096),   # the last row tile's box exactly 64 rows (both warpgroups still run)
+    (1100, 2064, 1032),  # 9 row tiles, the last box 80 rows; K tail; persistent 128-wide tiles
 ]
 
 

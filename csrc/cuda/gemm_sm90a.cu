@@ -15,10 +15,11 @@
 //   row adds 32 B to the start address; the hardware applies the same address-based XOR.
 // - Tails: M, N and K need not be tile multiples. TMA zero-fills rows and K columns outside
 //   the tensor (and still counts the full box towards the mbarrier transaction bytes), so the
-//   zeros add nothing to the sums; the epilogue bounds-checks every store. Below 128 rows the
-//   A box is only M rows (rounded up to 8): TMA's zero fill of a mostly empty 128-row box cost
-//   more than the copy itself. Tile rows past the box then hold stale shared memory; they only
-//   reach accumulator rows past M, which are never stored.
+//   zeros add nothing to the sums; the epilogue bounds-checks every store. The last row tile
+//   loads through a second tensor map whose box is only the rows that exist (rounded up to 8):
+//   TMA's zero fill of a mostly empty 128-row box cost more than the copy itself. Tile rows
+//   past the box then hold stale shared memory; they only reach accumulator rows past M,
+//   which are never stored.
 // - Warp roles (384 threads): warpgroup 0 is the producer (setmaxnreg drops it to 40
 //   registers): one thread issues the TMA copies, warp 1 computes each tile's per-column
 //   epilogue terms into shared memory while the main loop runs. Warpgroups 1 and 2 are the
@@ -395,8 +396,9 @@ __device__ __forceinline__ void wgmma_s8(int32_t (&d)[32], uint64_t desc_a, uint
 template <int BN, typename OutT, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_sm90a_kernel(const __grid_constant__ CUtensorMap tmap_a,
+                      const __grid_constant__ CUtensorMap tmap_a_last,
                       const __grid_constant__ CUtensorMap tmap_w, int m, int n, int k_tiles,
-                      int tiles_m, int tiles_n, int splits, int split_k_tiles, int a_box_rows,
+                      int tiles_m, int tiles_n, int splits, int split_k_tiles, int last_box_rows,
                       Epilogue ep, OutT* __restrict__ out, bool vec2, bool w_ready) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = TileConfig<BN, kSplit>;
@@ -423,11 +425,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   // kSplit: the consumer warps' 128 rows are cut into `splits` slices of 8 / splits warps
   // (splits divides 8; pick_plan uses 2 or 4); CTA rank r of the cluster sums and stores slice r.
   const int slice_warps = kSplit ? 8 / splits : 8;
-  // M <= 64: the A box holds only the rows that exist (a_box_rows, see launch_gemm), the
-  // second consumer warpgroup has no rows and sits the call out, and each stage is freed by
-  // the 4 warps of the first.
-  const int consumer_wgs = a_box_rows > 64 ? 2 : 1;
-  const uint32_t stage_bytes = a_box_rows * kBlockK + Cfg::kWBytes;  // TMA bytes per stage
+  // The last row tile's A box (tmap_a_last) holds only the rows that exist (last_box_rows,
+  // see launch_gemm). M <= 64: the second consumer warpgroup has no rows and sits the call
+  // out, and each stage is freed by the 4 warps of the first.
+  const int consumer_wgs = tiles_m == 1 && last_box_rows <= 64 ? 1 : 2;
+  // TMA bytes of a stage of row tile tm.
+  auto stage_bytes = [&](int tm) -> uint32_t {
+    return (tm == tiles_m - 1 ? last_box_rows : kBlockM) * kBlockK + Cfg::kWBytes;
+  };
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full_bar + 8 * s, 1);
@@ -440,6 +445,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (kSplit) mbar_init(recv_bar, (splits - 1) * slice_warps * 32);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     prefetch_tensor_map(&tmap_a);
+    prefetch_tensor_map(&tmap_a_last);
     prefetch_tensor_map(&tmap_w);
     if (blockIdx.x < num_units) {
       int tm, tn, kt_begin, kt_count;
@@ -450,7 +456,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // stage's barrier already expects the A tile too, which the producer adds after
         // pdl_wait() (stage s = K tile s of the first unit, phase 0, all stages free).
         for (int s = 0; s < min(kt_count, kStages); ++s) {
-          mbar_arrive_expect_tx(full_bar + 8 * s, stage_bytes);
+          mbar_arrive_expect_tx(full_bar + 8 * s, stage_bytes(tm));
           tma_load_2d(smem_w + s * Cfg::kWBytes, &tmap_w, full_bar + 8 * s,
                       (kt_begin + s) * kBlockK, tn * BN);
         }
@@ -486,10 +492,11 @@ __global__ void __launch_bounds__(kThreads, 1)
             --preloaded;
           } else {
             mbar_wait(empty_bar + 8 * stage, phase ^ 1);  // a fresh barrier passes parity 1
-            mbar_arrive_expect_tx(bar, stage_bytes);
+            mbar_arrive_expect_tx(bar, stage_bytes(tm));
             tma_load_2d(smem_w + stage * Cfg::kWBytes, &tmap_w, bar, kt * kBlockK, tn * BN);
           }
-          tma_load_2d(smem_a + stage * Cfg::kABytes, &tmap_a, bar, kt * kBlockK, tm * kBlockM);
+          tma_load_2d(smem_a + stage * Cfg::kABytes, tm == tiles_m - 1 ? &tmap_a_last : &tmap_a,
+                      bar, kt * kBlockK, tm * kBlockM);
           if (++stage == kStages) {
             stage = 0;
             phase ^= 1;
@@ -795,16 +802,21 @@ template <int BN, typename OutT>
 bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
                  const Plan& plan, const Epilogue& ep, void* out_ptr, int num_sms, bool w_ready,
                  cudaStream_t stream) {
-  // Below one row tile, the A box covers the rows that exist (rounded up to a swizzle atom of
-  // 8 rows) instead of 128 rows mostly filled with zeros by TMA: on an H200 the zero fill made
-  // a K tile of a 16-row A take ~2.5x as long as a full one. The box's rows past M hold zeros;
+  // The last row tile's A box covers the rows that exist (rounded up to a swizzle atom of 8
+  // rows) instead of 128 rows partly filled with zeros by TMA: on an H200 the zero fill made a
+  // K tile of a 16-row A take ~2.5x as long as a full one. The box's rows past M hold zeros;
   // the tile rows past the box keep whatever shared memory held, and only feed accumulator
   // rows past M, which are never stored.
-  const int a_box_rows = m < kBlockM ? static_cast<int>(ceil_div(m, 8) * 8) : kBlockM;
-  CUtensorMap tmap_a, tmap_w;
-  if (!encode_operand(&tmap_a, a, m, k, lda, a_box_rows)) return false;
-  if (!encode_operand(&tmap_w, w, n, k, k, BN)) return false;
   const int tiles_m = static_cast<int>(ceil_div(m, kBlockM));
+  const int last_box_rows = static_cast<int>(ceil_div(m - (tiles_m - 1) * kBlockM, 8) * 8);
+  CUtensorMap tmap_a, tmap_a_last, tmap_w;
+  if (!encode_operand(&tmap_a_last, a, m, k, lda, last_box_rows)) return false;
+  if (tiles_m == 1 || last_box_rows == kBlockM) {
+    tmap_a = tmap_a_last;  // every tile's box is the last one's
+  } else if (!encode_operand(&tmap_a, a, m, k, lda, kBlockM)) {
+    return false;
+  }
+  if (!encode_operand(&tmap_w, w, n, k, k, BN)) return false;
   const int tiles_n = static_cast<int>(ceil_div(n, BN));
   const int k_tiles = static_cast<int>(ceil_div(k, kBlockK));
   const int64_t tiles = static_cast<int64_t>(tiles_m) * tiles_n;
@@ -818,9 +830,10 @@ bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           Cfg::kSmemBytes));
       launch_kernel(kernel, static_cast<unsigned>(tiles * plan.splits), kThreads,
-                    Cfg::kSmemBytes, stream, static_cast<unsigned>(plan.splits), tmap_a, tmap_w,
+                    Cfg::kSmemBytes, stream, static_cast<unsigned>(plan.splits), tmap_a,
+                    tmap_a_last, tmap_w,
                     static_cast<int>(m), static_cast<int>(n), k_tiles, tiles_m, tiles_n,
-                    plan.splits, plan.k_tiles_per_split, a_box_rows, ep, out, vec2, w_ready);
+                    plan.splits, plan.k_tiles_per_split, last_box_rows, ep, out, vec2, w_ready);
       return true;
     }
   }
@@ -829,8 +842,8 @@ bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       Cfg::kSmemBytes));
   launch_kernel(kernel, static_cast<unsigned>(std::min<int64_t>(tiles, num_sms)), kThreads,
-                Cfg::kSmemBytes, stream, 1, tmap_a, tmap_w, static_cast<int>(m),
-                static_cast<int>(n), k_tiles, tiles_m, tiles_n, 1, k_tiles, a_box_rows, ep, out,
+                Cfg::kSmemBytes, stream, 1, tmap_a, tmap_a_last, tmap_w, static_cast<int>(m),
+                static_cast<int>(n), k_tiles, tiles_m, tiles_n, 1, k_tiles, last_box_rows, ep, out,
                 vec2, w_ready);
   return true;
 }
