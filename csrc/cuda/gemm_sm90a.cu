@@ -75,6 +75,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "cluster.cuh"
 #include "epilogue.cuh"
 #include "launch.cuh"
 
@@ -85,11 +86,6 @@ namespace {
 constexpr int kBlockM = 128;
 constexpr int kBlockK = 128;  // bytes of K per stage = the 128-byte swizzle span
 constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
-// Every M from 1 up runs here on sm_90a (measured on an H100 and an H200, scaled_mm: faster
-// than the mma.sync kernels at every M of 1..512 on the LLM shapes, e.g. 4096x4096 M = 16
-// 8.8 against 9.9 us); matmul still sends M <= 2 to its fused decode kernel (ops_cuda.cu).
-constexpr int kMinRows = 1;
-
 // kSplit: the cluster split-K kernel (header), which also holds a receive buffer for the
 // partial sums of the other CTAs of its cluster: one int32 per accumulator of the tile.
 template <int BN, bool kSplit = false>
@@ -212,20 +208,7 @@ __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
 
-// Thread-block cluster helpers (the split-K exchange through distributed shared memory).
-__device__ __forceinline__ uint32_t cluster_ctarank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return r;
-}
-
-// The shared-memory address `addr` of this CTA, as the same variable in CTA `rank`.
-__device__ __forceinline__ uint32_t map_to_rank(uint32_t addr, uint32_t rank) {
-  uint32_t r;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
-  return r;
-}
-
+// Split-K exchange through distributed shared memory (cluster.cuh has the rest).
 __device__ __forceinline__ void st_cluster_v4(uint32_t addr, int32_t a, int32_t b, int32_t c,
                                               int32_t d) {
   asm volatile("st.shared::cluster.v4.s32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(a), "r"(b),
@@ -253,17 +236,6 @@ __device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity)
         : "r"(bar), "r"(parity)
         : "memory");
   } while (!done);
-}
-
-// The same for threads that may arrive from diverged paths (no .aligned).
-__device__ __forceinline__ void cluster_sync_any() {
-  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
-}
-
-// Every thread of every CTA of the cluster, converged.
-__device__ __forceinline__ void cluster_sync_all() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::
-                   : "memory");
 }
 
 // Shared-memory matrix descriptor of a K-major, 128B-swizzled operand tile at `addr`
@@ -471,7 +443,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
   // kSplit: no CTA may arrive on another's barrier before that CTA has initialized it.
-  if constexpr (kSplit) cluster_sync_all();
+  if constexpr (kSplit) cluster_barrier();
   pdl_wait();  // A and the x scales may come from the quantize kernel just before (launch.cuh)
   pdl_launch_dependents();
   if (warpgroup == 0) {
@@ -582,8 +554,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         // its raw sums there (one int4 per 8-column group j: acc[4j .. 4j + 3]) and is done;
         // the owner's warp adds every other split's sums to its own (int32: exact, in any
         // order) and runs the epilogue below.
-        const uint32_t rank = cluster_ctarank();
-        const uint32_t owner = cwarp / slice_warps;
+        const int rank = cluster_rank();
+        const int owner = cwarp / slice_warps;
         const uint32_t slot_stride = (BN / 8) * 32 * 16;  // bytes of one warp's sums
         const uint32_t slot = (cwarp % slice_warps) * slot_stride + lane * 16;
         if (owner != rank) {
@@ -599,7 +571,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         mbar_wait_cluster(recv_bar, 0);
         for (int src = 0; src < splits; ++src) {
-          if (src == static_cast<int>(rank)) continue;
+          if (src == rank) continue;
           const int4* part = reinterpret_cast<const int4*>(
               smem + kStages * Cfg::kStageBytes + src * slice_warps * slot_stride + slot);
 #pragma unroll
@@ -656,7 +628,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // kSplit: every thread of the cluster meets here before any CTA exits, so no CTA's shared
   // memory goes away while another might still write into it (the receive mbarrier already
   // orders the writes before the owner's reads; this orders them before the exit).
-  if constexpr (kSplit) cluster_sync_any();
+  if constexpr (kSplit) cluster_barrier_diverged();
 #elif defined(__CUDA_ARCH__)
   __trap();  // only the sm_90a build of this kernel is ever launched
 #endif
@@ -866,7 +838,10 @@ bool gemm_sm90a(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_
                 cudaStream_t stream) {
   // TMA coordinates and the kernel's tile indices are 32-bit. (The ops already cap K at
   // kMaxK, where the int32 accumulation is exact.)
-  if (m < kMinRows || n < 1 || k < 1 || num_sms < 1) return false;
+  // Every M from 1 up runs here on sm_90a (measured on an H100 and an H200, scaled_mm: faster
+  // than the mma.sync kernels at every M of 1..512 on the LLM shapes, e.g. 4096x4096 M = 16
+  // 8.8 against 9.9 us); matmul still sends M <= 2 to its fused decode kernel (ops_cuda.cu).
+  if (m < 1 || n < 1 || k < 1 || num_sms < 1) return false;
   if (m > INT_MAX - 2 * kBlockM || n > INT_MAX - 512 || k > INT_MAX - kBlockK) return false;
   if (ceil_div(m, kBlockM) * ceil_div(n, 64) > INT_MAX / 4) return false;
   if (k % 16 != 0 || lda % 16 != 0 || lda < k || reinterpret_cast<uintptr_t>(a) % 16 != 0 ||

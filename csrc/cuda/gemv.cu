@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "../quant_math.h"
+#include "cluster.cuh"
 #include "epilogue.cuh"
 #include "kernels.h"
 #include "launch.cuh"
@@ -385,48 +386,16 @@ struct TcPlan {
   int pf_chunks;  // 64-byte chunks per weight row each warp prefetches into L2 per step
 };
 
-// Thread-block clusters (sm_90): the CTAs of a cluster share a tile range and split K, so
-// each reads and quantizes only its slice of the activation; row maxima and int32 sums
-// are combined through distributed shared memory. Without clusters the size is 1.
-__device__ __forceinline__ int cluster_size() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  uint32_t v;
-  asm("mov.u32 %0, %%cluster_nctarank;" : "=r"(v));
-  return static_cast<int>(v);
-#else
-  return 1;
-#endif
-}
-
-__device__ __forceinline__ int cluster_rank() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  uint32_t v;
-  asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(v));
-  return static_cast<int>(v);
-#else
-  return 0;
-#endif
-}
-
-// Barrier over every thread of the cluster (of the CTA when the cluster is one CTA), with
-// release / acquire ordering of shared memory; call from all threads.
-__device__ __forceinline__ void cluster_sync(int csize) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (csize > 1) {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-    return;
-  }
-#endif
-  __syncthreads();
-}
+// Thread-block clusters (sm_90, cluster.cuh): the CTAs of a cluster share a tile range and
+// split K, so each reads and quantizes only its slice of the activation; row maxima and
+// int32 sums are combined through distributed shared memory. Without clusters the size is 1.
 
 // The 32-bit word at the address of p (shared) in CTA `rank` of the cluster.
 __device__ __forceinline__ uint32_t ld_cluster_u32(const void* p, int rank, int csize) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (csize > 1) {
-    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-    uint32_t ra, v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
+    const uint32_t ra = map_to_rank(static_cast<uint32_t>(__cvta_generic_to_shared(p)), rank);
+    uint32_t v;
     asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(ra) : "memory");
     return v;
   }
