@@ -55,6 +55,17 @@ def _xshape(lead, k):
 no_autograd_warning = pytest.mark.filterwarnings("ignore:.*an autograd kernel was not registered")
 
 
+def ulp_neighbours(base, steps):
+    """Rows: base, then base moved 1..steps ulps up, then 1..steps ulps down."""
+    rows = [base]
+    for direction in (math.inf, -math.inf):
+        v = base
+        for _ in range(steps):
+            v = torch.nextafter(v, torch.full_like(v, direction))
+            rows.append(v)
+    return torch.stack(rows)
+
+
 def ref_quantize_activation(x, scale=None, shift=None):
     """reference.quantize_activation, for 1-D x too (reference.py fails on 1-D static x)."""
     if x.dim() == 1 and scale is not None:
@@ -252,14 +263,7 @@ def test_quantize_near_rounding_boundaries(device, rng, mode, scale):
     s = torch.tensor(scale, dtype=torch.float32)
     lo_j = -127 if mode == "dynamic" else -131  # dynamic: keep |x| below 127 * scale
     j = torch.arange(lo_j, -lo_j, dtype=torch.float32) + 0.5
-    base = j * s
-    rows = [base]
-    for direction in (math.inf, -math.inf):
-        v = base
-        for _ in range(3):
-            v = torch.nextafter(v, torch.full_like(v, direction))
-            rows.append(v)
-    x = torch.stack(rows)
+    x = ulp_neighbours(j * s, 3)
     if mode == "dynamic":
         x = torch.cat([x, torch.full((x.shape[0], 1), 127.0) * s], dim=1)  # absmax -> scale ~ s
     shift = float(s * 0.25) if mode == "shifted" else None
@@ -597,14 +601,7 @@ def test_quantize_activation_smooth_near_rounding_boundaries(device, mode):
     scale = 4.0 / 127
     j = torch.arange(-127, 127, dtype=torch.float64) + 0.5
     smooth = torch.tensor([1 / 3, 0.7, 3.1, 2.0 ** -3]).repeat(64)[: j.numel()].float()
-    base = (j * scale / smooth.double()).float()
-    rows = [base]
-    for direction in (math.inf, -math.inf):
-        v = base
-        for _ in range(2):
-            v = torch.nextafter(v, torch.full_like(v, direction))
-            rows.append(v)
-    x = torch.stack(rows)
+    x = ulp_neighbours((j * scale / smooth.double()).float(), 2)
     if mode == "dynamic":  # a column that sets absmax(x') = 127 * scale
         x = torch.cat([x, torch.full((x.shape[0], 1), 127 * scale)], dim=1)
         smooth = torch.cat([smooth, torch.ones(1)])
