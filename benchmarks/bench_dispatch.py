@@ -20,11 +20,6 @@ import torch.nn.functional as F
 
 import common
 
-ROUNDS_NOTE = (
-    " Each case is timed in rounds (the columns in an order rotated by one per round) and each"
-    " column reports its median round."
-)
-
 DEFAULT_M = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024]
 
 
@@ -32,13 +27,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--m", type=common.parse_int_list, default=DEFAULT_M)
     parser.add_argument("--shapes", type=common.parse_shapes, default=common.LINEAR_SHAPES)
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds per case, the column order rotated by one per round; each column "
-                             "reports its median round (default 3)")
+    common.add_rounds_arg(parser)
     common.add_timing_args(parser, warmup_ms=10, rep_ms=40)
     args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    common.check_rounds(args, parser)
     device = common.require_cuda("bench_dispatch.py")
     int8q, why = common.load_int8q()
     if int8q is None:
@@ -94,10 +86,10 @@ def main() -> int:
             times = {name: [] for name in live}
             names = list(live)
             for r in range(args.rounds):
-                for name in names[r % len(names):] + names[:r % len(names)]:
+                for name in common.rotated(names, r):
                     times[name].append(common.time_cuda(common.cycle_calls(live[name], sets), args.warmup_ms,
                                                         args.rep_ms / args.rounds).median_us)
-            med = {name: sorted(ts)[(len(ts) - 1) // 2] for name, ts in times.items()}
+            med = {name: common.median_round(ts) for name, ts in times.items()}
             fp16 = med.get("fp16")
             rec["fp16_us"] = fp16
             row.append(common.fmt_us(fp16) if fp16 else "MISMATCH")
@@ -117,7 +109,7 @@ def main() -> int:
     common.write_json(os.path.join(args.out, f"dispatch_{slug}.json"), {"machine": machine, "results": records})
     table = common.markdown_table(["K x N", "M", "fp16 us", "matmul", "matmul no-PDL", "two-pass", "sm80 two-pass"], rows, 1)
     common.write_text(os.path.join(args.out, f"dispatch_{slug}.md"),
-                      "# int8q kernel paths by M\n\n" + common.machine_markdown(machine, common.TIMING_NOTE + ROUNDS_NOTE) + "\n" + table)
+                      "# int8q kernel paths by M\n\n" + common.machine_markdown(machine, common.TIMING_NOTE + common.ROUNDS_NOTE) + "\n" + table)
     return 0
 
 

@@ -134,13 +134,6 @@ class TokenInputs:
         }
 
 
-ROUNDS_NOTE = (
-    " Each case is timed in rounds (the methods in an order rotated by one per round) and each"
-    " method reports its median round, so a stall of the card in one round or the order of the"
-    " methods does not move a number."
-)
-
-
 class ContextLost(RuntimeError):
     pass
 
@@ -188,8 +181,7 @@ def median_round(recs: List[Dict[str, object]], method: Method, m: int, k: int, 
     bad = [r for r in recs if r["status"] != "ok"]
     if bad:
         return bad[0]
-    ranked = sorted(recs, key=lambda r: r["us"])
-    return {**ranked[(len(ranked) - 1) // 2], "round_us": [r["us"] for r in recs]}
+    return {**common.median_round(recs, key=lambda r: r["us"]), "round_us": [r["us"] for r in recs]}
 
 
 # ---------------------------------------------------------------- reporting
@@ -221,7 +213,7 @@ def markdown_report(payload: Dict[str, object], methods: List[Method]) -> str:
     machine = payload["machine"]
     records = payload["results"]
     out = [f"# int8q W8A8 matmul benchmark: {machine['device_name']}\n",
-           common.machine_markdown(machine, common.TIMING_NOTE + ROUNDS_NOTE),
+           common.machine_markdown(machine, common.TIMING_NOTE + common.ROUNDS_NOTE),
            "\nCells: time in microseconds (speedup over fp16 `F.linear` in the same run). "
            "Every method's output was checked against fp16 first (relative Frobenius error "
            f"< {INT8_TOLERANCE:g}, fp8 < {FP8_TOLERANCE:g}); a mismatch is shown instead of a time.\n"]
@@ -318,16 +310,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=0.0,
                         help="stop starting new cases after this many seconds and write what was measured (0: no limit)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds per case, each method timed for rep-ms / rounds in each, in an order "
-                             "rotated by one per round; the median round is reported (default 3)")
+    common.add_rounds_arg(parser)
     common.add_timing_args(parser, warmup_ms=25.0, rep_ms=100.0)
     args = parser.parse_args(argv)
     common.apply_quick_timings(args, parser)
     args.m = args.m or (common.QUICK_TOKEN_COUNTS if args.quick else common.TOKEN_COUNTS)
     args.shapes = args.shapes or common.LINEAR_SHAPES
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    common.check_rounds(args, parser)
     return args
 
 
@@ -355,7 +344,7 @@ def main(argv=None) -> int:
         "machine": machine,
         "config": {"shapes": [list(s) for s in args.shapes], "M": args.m, "warmup_ms": args.warmup_ms,
                    "rep_ms": args.rep_ms, "rounds": args.rounds, "seed": args.seed,
-                   "timing": common.TIMING_NOTE + ROUNDS_NOTE},
+                   "timing": common.TIMING_NOTE + common.ROUNDS_NOTE},
         "methods": {mt.key: mt.label for mt in methods},
         "columns": {mt.key: mt.column for mt in methods},
         "results": [],
@@ -385,9 +374,8 @@ def main(argv=None) -> int:
             # round, or the first method after fp16 running cold, moves no reported number.
             rounds: List[Dict[str, Dict[str, object]]] = []
             for r in range(args.rounds):
-                shift = r % len(methods)
                 got: Dict[str, Dict[str, object]] = {}
-                for mt in methods[shift:] + methods[:shift]:
+                for mt in common.rotated(methods, r):
                     try:
                         got[mt.key] = measure(mt, weights, tokens, ref, m, k, n, args, device,
                                               args.rep_ms / args.rounds)

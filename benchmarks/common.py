@@ -61,6 +61,35 @@ def add_timing_args(parser: argparse.ArgumentParser, warmup_ms: float, rep_ms: f
     parser.add_argument("--seed", type=int, default=0, help="random seed for the inputs")
 
 
+ROUNDS_NOTE = (
+    " Each case is timed in rounds (the methods in an order rotated by one per round) and each"
+    " method reports its median round, so a stall of the card in one round or the order of the"
+    " methods does not move a number."
+)
+
+
+def add_rounds_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds per case, each method timed for rep-ms / rounds in each, in an order "
+                             "rotated by one per round; the median round is reported (default 3)")
+
+
+def check_rounds(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+
+
+def rotated(items: Sequence, r: int) -> List:
+    """The order of round r: items starting at index r (mod len)."""
+    shift = r % len(items)
+    return list(items[shift:]) + list(items[:shift])
+
+
+def median_round(values: Sequence, key: Optional[Callable] = None):
+    """The median of a method's rounds (the lower middle of an even count)."""
+    return sorted(values, key=key)[(len(values) - 1) // 2]
+
+
 def apply_quick_timings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """--quick shortens warm-up and timed work to 10 / 30 ms, where the user left the defaults."""
     if args.quick:
