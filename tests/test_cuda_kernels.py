@@ -207,6 +207,41 @@ def test_quantize_activation_exact(rng, mode, dtype, shape):
     assert_scales_equal(scale, cpu_s)
 
 
+# The row kernel takes four or eight 16-byte loads per thread by shape (quantize.cu): four up
+# to 8M elements with rows of at most 1024 vectors, eight for longer rows or larger calls.
+@pytest.mark.parametrize("shape", [(64, 4096), (5, 9216), (2100, 4096)], ids=str)
+@pytest.mark.parametrize("dtype", HALF_DTYPES + (torch.float32,), ids=dtype_id)
+@pytest.mark.parametrize("mode", MODES)
+def test_quantize_activation_exact_ties(rng, mode, dtype, shape):
+    # Values exactly on a rounding boundary of their scale, planted in every row: the fast
+    # path flags them and redoes their packs (round half to even), which must give exactly
+    # the reference codes in either load width. Dynamic: absmax 1 and +-1/2 (x / scale
+    # within rounding error of 63.5); static: scale 2^-6 and exact ties (j + 1/2) * 2^-6;
+    # shifted: the same plus the shift.
+    m, k = shape
+    g = rng
+    x = torch.randn(m, k, generator=g) * 0.3
+    cols = torch.randperm(k, generator=g)[: k // 5]
+    if mode == "dynamic":
+        x = x.clamp(-0.9, 0.9)
+        x[:, cols[0]] = 1.0
+        x[:, cols[1::2]] = 0.5
+        x[:, cols[2::2]] = -0.5
+        x_scale = x_shift = None
+    else:
+        j = torch.randint(-127, 127, (m, cols.numel() - 1), generator=g).float() + 0.5
+        shift = 0.25 if mode == "shifted" else 0.0
+        x[:, cols[1:]] = j * 2.0**-6 + shift
+        x[:, cols[0]] = 3.0 + shift  # clamps to 127
+        x_scale = torch.tensor([2.0**-6], device=DEV)
+        x_shift = torch.tensor([shift], device=DEV) if mode == "shifted" else None
+    x = x.to(dtype).to(DEV)
+    xq, scale = int8q.quantize_activation(x, x_scale, x_shift)
+    ref_q, ref_s = reference.quantize_activation(x, x_scale, x_shift)
+    assert_codes_equal(xq, ref_q)
+    assert_scales_equal(scale, ref_s)
+
+
 # ----------------------------------------------------------------------------- integer exactness
 
 
