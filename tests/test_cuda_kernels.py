@@ -588,6 +588,8 @@ SM90A_PLANS = [
     (127, 4096, 4096),
     (200, 4096, 4096),   # two row tiles of 64-wide tiles; the last one's A box 72 rows
     (192, 4096, 4096),   # the last row tile's box exactly 64 rows (both warpgroups still run)
+    (300, 4096, 4096),   # 96-wide tiles: 3 row tiles x 43 column tiles = 129 CTAs
+    (290, 1040, 4001),   # 96-wide tiles, odd N (the last column tile 65 wide), K tail
     (1100, 2064, 1032),  # 9 row tiles, the last box 80 rows; K tail; persistent 128-wide tiles
 ]
 

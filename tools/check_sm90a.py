@@ -58,6 +58,8 @@ SHAPES = [
     (64, 12304, 448),     # 64-wide tiles split over clusters of 4 (25 x 3 + 22 K tiles)
     (40, 12304, 1984),    # 128-wide tiles split over clusters of 4
     (200, 4816, 1001),    # odd N, M tail, 64-wide tiles
+    (300, 4096, 4096),    # 96-wide tiles: 3 row tiles x 43 column tiles
+    (290, 1040, 4001),    # 96-wide tiles, odd N (the last column tile 65 wide), K tail
     (512, 14336, 4480),   # 256-wide tiles
 ]
 QUICK = [(128, 128, 128), (200, 112, 136), (300, 256, 1001), (1000, 592, 1000), (64, 1040, 1000),
@@ -85,7 +87,7 @@ def predicted_plan(m: int, n: int, k: int, sms: int) -> str:
         return "sm90a/128" if waves128 * 128 * 11 < waves256 * 256 * 10 else "sm90a/256"
     slots = {1: sms, 2: 2 * (sms // 2), 4: 120}  # H100/H200 cluster capacity
     best, best_ctas = "sm90a/128", tiles128
-    for bn, s in [(64, 1), (128, 2), (64, 2), (128, 4), (64, 4)]:
+    for bn, s in [(64, 1), (96, 1), (128, 2), (64, 2), (128, 4), (64, 4)]:
         ctas = tiles_m * _cdiv(n, bn) * s
         per = _cdiv(k_tiles, s)
         if s > 1 and (per < 24 or (s - 1) * per >= k_tiles):

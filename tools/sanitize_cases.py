@@ -67,6 +67,8 @@ _TABLE = [
     ("matmul", "dynamic", 17, (6224, 1000), (6224, 1000), dict(dtype="fp16", bias="fp16")),
     ("scaled_mm", "per_row", 100, (6160, 5121), (6160, 5121), dict(out_dtype="bf16", bias="fp32")),
     ("matmul", "shift", 40, (12304, 1984), (12304, 448), dict(dtype="bf16")),
+    # sm_90a 96-wide tiles (three row tiles of N ~ 4096: 3 x 43 CTAs).
+    ("scaled_mm", "per_row", 300, (1040, 4100), (256, 4100), dict(out_dtype="fp16")),
     # Activation layouts: strided, padded rows, misaligned pointer, transposed, 3-D, M = 0.
     ("matmul", "dynamic", 17, (1024, 129), (512, 65), dict(dtype="fp16", layout="strided")),
     ("matmul", "dynamic", 4096, (512, 65), (128, 33), dict(dtype="bf16", layout="row_padded")),

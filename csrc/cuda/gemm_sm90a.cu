@@ -3,8 +3,8 @@
 //   out[m, n] = epilogue(sum_k a[m, k] * w[n, k]),  A [M, K] int8 (row stride lda), W [N, K] int8.
 //
 // Layout choices (all must agree, or the product is silently wrong):
-// - CTA tile 128 x BN x 128 (BN = 256, or 128 when 256-wide tiles leave SMs idle, or 64 at
-//   small M, where the number of tiles decides how many SMs stream weights). A K tile of
+// - CTA tile 128 x BN x 128 (BN = 256, or 128 when 256-wide tiles leave SMs idle, or 96 or
+//   64 at small M, where the number of tiles decides how many SMs stream weights). A K tile of
 //   128 int8 is exactly one 128-byte swizzle row, so each operand tile in shared memory is
 //   rows x 128 B, written by one TMA box {128 (K), rows} with CU_TENSOR_MAP_SWIZZLE_128B: the
 //   16-byte chunk c of row r lands at chunk c ^ (r % 8) inside each 1024-byte, 8-row atom.
@@ -36,6 +36,11 @@
 // - Persistent grid: one CTA per SM loops over tiles in a grouped order (kGroupM row tiles
 //   share each column sweep) so the A rows and W columns in flight stay in L2. The producer
 //   runs ahead into the next tile while the consumers run the epilogue.
+//   Tried and left out: clusters of 2 CTAs sharing one operand tile through TMA multicast
+//   (pairs of row tiles sharing each W tile at large M, pairs of column tiles sharing each A
+//   tile at small M). Bit-identical, but no faster on an H200 (raw 8192x28672x8192: 2987 us
+//   against 2901 without; 4096x4096 M = 256: 14.8 against 13.7): L2 traffic does not seem
+//   to be what limits this kernel.
 // - Epilogue: straight from registers (no M x N intermediate): per-row x scale (loaded at
 //   tile start), channel_terms of epilogue.cuh (double-buffered in shared memory, handed over
 //   by an mbarrier pair), apply_epilogue, and stores of two adjacent outputs at a time.
@@ -90,9 +95,12 @@ constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 // partial sums of the other CTAs of its cluster: one int32 per accumulator of the tile.
 template <int BN, bool kSplit = false>
 struct TileConfig {
-  static constexpr int kStages = BN == 256 ? 4 : BN == 128 ? (kSplit ? 4 : 6) : (kSplit ? 6 : 8);
+  static_assert(BN == 256 || BN == 128 || BN == 96 || BN == 64, "tile widths with a wgmma form");
+  static_assert(!kSplit || BN == 128 || BN == 64, "split-K runs 128- or 64-wide tiles");
+  static constexpr int kStages =
+      BN == 256 ? 4 : BN == 128 ? (kSplit ? 4 : 6) : BN == 96 ? 7 : (kSplit ? 6 : 8);
   static constexpr int kABytes = kBlockM * kBlockK;  // 16 KB
-  static constexpr int kWBytes = BN * kBlockK;       // 32, 16 or 8 KB
+  static constexpr int kWBytes = BN * kBlockK;       // 32, 16, 12 or 8 KB (1024-byte multiples)
   static constexpr int kStageBytes = kABytes + kWBytes;
   static constexpr int kRecvBytes = kSplit ? kBlockM * BN * 4 : 0;
   static constexpr int kTermsBytes = 2 * 3 * BN * 4;  // 2 buffers of w_scale, shift, bias [BN]
@@ -334,6 +342,29 @@ __device__ __forceinline__ void wgmma_s8(int32_t (&d)[64], uint64_t desc_a, uint
         "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]),
         "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]),
         "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+// D[64 x 96] (+)= A[64 x 32] * B[96 x 32]^T, both from shared memory (K-major descriptors);
+// `accumulate` = 0 overwrites D.
+__device__ __forceinline__ void wgmma_s8(int32_t (&d)[48], uint64_t desc_a, uint64_t desc_b,
+                                         uint32_t accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %50, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n96k32.s32.s8.s8 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
+      "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, "
+      "%24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, "
+      "%36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47"
+      "}, %48, %49, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]),
+        "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]),
+        "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]),
+        "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
+        "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]),
+        "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]),
+        "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]),
+        "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47])
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
@@ -734,9 +765,13 @@ int64_t split_slots(int splits) {
 
 // When 128-wide tiles fill every SM, the persistent kernel with 128- or 256-wide tiles
 // (pick_block_n). Otherwise (small M) the weights stream through too few SMs, and the plan is
-// the one that keeps the most SMs busy in a single wave: 64-wide tiles, then 128- or 64-wide
-// tiles split over clusters of 2 or 4 (tried in this order, a later one taken only when it
-// keeps strictly more SMs busy, so wider tiles and no split win ties). A split pays for its
+// the one that keeps the most SMs busy in a single wave: 64- or 96-wide tiles, then 128- or
+// 64-wide tiles split over clusters of 2 or 4 (tried in this order, a later one taken only
+// when it keeps strictly more SMs busy, so wider tiles and no split win ties). 96-wide tiles
+// win where 64-wide ones overflow the wave, e.g. three row tiles (M = 257..384) of N = 4096:
+// 3 x 43 = 129 CTAs against 96 of 128-wide tiles and 192 of 64-wide ones (H200, raw
+// scaled_mm at M = 320: 4096x4096 13.5 us against 15.6, 14336x4096 36.3 against 41.0; of
+// the four LLM shapes only N = 4096 at M = 257..384 changes plan). A split pays for its
 // cluster launch and exchange only over a long K: each split keeps >= kMinSplitKTiles K tiles.
 // Measured on an H200 (every plan forced, scaled_mm, M = 16..512): 4096x4096 at M <= 128
 // runs best as 64-wide tiles unsplit (8.2-9.9 us; split in 2: 8.8-10.3), 14336x4096 at
@@ -752,7 +787,7 @@ Plan pick_plan(int64_t m, int64_t n, int64_t k_tiles, int num_sms) {
   if (tiles128 >= num_sms) return {pick_block_n(m, n, num_sms), 1, static_cast<int>(k_tiles)};
   Plan best{128, 1, static_cast<int>(k_tiles)};
   int64_t best_ctas = tiles128;
-  const Plan candidates[] = {{64, 1, 0}, {128, 2, 0}, {64, 2, 0}, {128, 4, 0}, {64, 4, 0}};
+  const Plan candidates[] = {{64, 1, 0}, {96, 1, 0}, {128, 2, 0}, {64, 2, 0}, {128, 4, 0}, {64, 4, 0}};
   for (Plan p : candidates) {
     const int64_t ctas = tiles_m * ceil_div(n, p.block_n) * p.splits;
     const int64_t per = ceil_div(k_tiles, p.splits);
@@ -794,7 +829,7 @@ bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64
   const int64_t tiles = static_cast<int64_t>(tiles_m) * tiles_n;
   OutT* out = static_cast<OutT*>(out_ptr);
   const bool vec2 = n % 2 == 0 && reinterpret_cast<uintptr_t>(out) % (2 * sizeof(OutT)) == 0;
-  if constexpr (BN <= 128) {
+  if constexpr (BN == 128 || BN == 64) {
     if (plan.splits > 1) {
       // One CTA per (tile, split): clusters of `splits` consecutive CTAs.
       using Cfg = TileConfig<BN, true>;
@@ -827,6 +862,7 @@ bool run_typed(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t
   switch (plan.block_n) {
     case 256: return launch_gemm<256, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, stream);
     case 128: return launch_gemm<128, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, stream);
+    case 96: return launch_gemm<96, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, stream);
     default: return launch_gemm<64, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, stream);
   }
 }
