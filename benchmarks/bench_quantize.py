@@ -52,9 +52,17 @@ def check(int8q, x: torch.Tensor) -> str:
     return ""
 
 
-def time_rotated(call, tensors: common.Rotation, nbytes: int, device, args) -> common.Timing:
-    copies = common.rotation_copies(nbytes, device)
-    return common.time_cuda(common.cycle_calls(call, tensors.take(copies)), args.warmup_ms, args.rep_ms)
+def time_rounds(calls: Dict[str, Tuple[object, int]], tensors: common.Rotation, device,
+                args) -> Dict[str, common.Timing]:
+    """Each call (name -> (function, bytes per call)) on inputs rotated past L2, timed in
+    args.rounds rounds in an order rotated by one per round; the median round of each."""
+    fns = {name: common.cycle_calls(call, tensors.take(common.rotation_copies(nbytes, device)))
+           for name, (call, nbytes) in calls.items()}
+    rounds: Dict[str, List[common.Timing]] = {name: [] for name in calls}
+    for r in range(args.rounds):
+        for name in common.rotated(list(calls), r):
+            rounds[name].append(common.time_cuda(fns[name], args.warmup_ms, args.rep_ms / args.rounds))
+    return {name: common.median_round(ts, key=lambda t: t.median_us) for name, ts in rounds.items()}
 
 
 def markdown_report(payload: Dict[str, object]) -> str:
@@ -73,7 +81,7 @@ def markdown_report(payload: Dict[str, object]) -> str:
     notes = [f"- {r['M']} x {r['K']}: {r['note']}\n" for r in payload["results"] if r.get("note")]
     return "".join([
         f"# int8q activation quantize benchmark: {payload['machine']['device_name']}\n\n",
-        common.machine_markdown(payload["machine"], common.TIMING_NOTE),
+        common.machine_markdown(payload["machine"], common.TIMING_NOTE + common.ROUNDS_NOTE),
         "\n`int8q.quantize_activation(x)` (dynamic per-row scales, fp16 in): bytes are the fp16 read, "
         "the int8 codes and the float32 scales written. Copy: `x.clone()`, bytes read + written.\n\n",
         common.markdown_table(header, rows, align_right_from=1),
@@ -87,7 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="comma-separated MxK sizes (default: " + ",".join(f"{m}x{k}" for m, k in SIZES) + ")")
     parser.add_argument("--quick", action="store_true", help="three sizes, shorter timings")
     common.add_timing_args(parser, warmup_ms=25.0, rep_ms=100.0)
+    common.add_rounds_arg(parser)
     args = parser.parse_args(argv)
+    common.check_rounds(args, parser)
     common.apply_quick_timings(args, parser)
     args.sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
     return args
@@ -105,7 +115,8 @@ def main(argv=None) -> int:
     slug = common.card_slug(machine["device_name"])
     payload = {"benchmark": "quantize", "machine": machine,
                "config": {"sizes": [list(s) for s in args.sizes], "warmup_ms": args.warmup_ms,
-                          "rep_ms": args.rep_ms, "seed": args.seed, "timing": common.TIMING_NOTE},
+                          "rep_ms": args.rep_ms, "rounds": args.rounds, "seed": args.seed,
+                          "timing": common.TIMING_NOTE + common.ROUNDS_NOTE},
                "results": []}
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed)
@@ -119,8 +130,9 @@ def main(argv=None) -> int:
             if problem:
                 record.update(status="mismatch", note=problem + ": not timed")
             else:
-                quant = time_rotated(int8q.quantize_activation, rotation, quantize_bytes(m, k), device, args)
-                copy = time_rotated(torch.Tensor.clone, rotation, copy_bytes(m, k), device, args)
+                timed = time_rounds({"quantize": (int8q.quantize_activation, quantize_bytes(m, k)),
+                                     "copy": (torch.Tensor.clone, copy_bytes(m, k))}, rotation, device, args)
+                quant, copy = timed["quantize"], timed["copy"]
                 gbs = quantize_bytes(m, k) / quant.median_us / 1e3
                 copy_gbs = copy_bytes(m, k) / copy.median_us / 1e3
                 record.update(status="ok", us=quant.median_us, p20_us=quant.p20_us, p80_us=quant.p80_us,
