@@ -58,6 +58,8 @@
 //   the first kStages stages and issues their W tiles before pdl_wait(), so the weight stream
 //   starts while the quantizer still runs; the producer adds the A tiles after the wait.
 //   (H100/H200: 0.2-0.6 us off a matmul call at M <= 512, against the same call without.)
+//   A long matmul GEMM is launched without PDL (run_typed): it then starts once the
+//   quantizer has finished, and these loads simply come first.
 //
 // Built for every arch of the extension; the kernel body exists only for sm_90a
 // (__CUDA_ARCH_FEAT_SM90_ALL), and gemm_sm90a returns false unless INT8Q_HAVE_SM90A is set.
@@ -808,7 +810,7 @@ Plan pick_plan(int64_t m, int64_t n, int64_t k_tiles, int num_sms) {
 template <int BN, typename OutT>
 bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
                  const Plan& plan, const Epilogue& ep, void* out_ptr, int num_sms, bool w_ready,
-                 cudaStream_t stream) {
+                 bool pdl, cudaStream_t stream) {
   // The last row tile's A box covers the rows that exist (rounded up to a swizzle atom of 8
   // rows) instead of 128 rows partly filled with zeros by TMA: on an H200 the zero fill made a
   // K tile of a 16-row A take ~2.5x as long as a full one. The box's rows past M hold zeros;
@@ -836,7 +838,7 @@ bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64
       auto* kernel = gemm_sm90a_kernel<BN, OutT, true>;
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           Cfg::kSmemBytes));
-      launch_kernel(kernel, static_cast<unsigned>(tiles * plan.splits), kThreads,
+      launch_kernel_pdl_if(pdl, kernel, static_cast<unsigned>(tiles * plan.splits), kThreads,
                     Cfg::kSmemBytes, stream, static_cast<unsigned>(plan.splits), tmap_a,
                     tmap_a_last, tmap_w,
                     static_cast<int>(m), static_cast<int>(n), k_tiles, tiles_m, tiles_n,
@@ -848,22 +850,32 @@ bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64
   auto* kernel = gemm_sm90a_kernel<BN, OutT, false>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       Cfg::kSmemBytes));
-  launch_kernel(kernel, static_cast<unsigned>(std::min<int64_t>(tiles, num_sms)), kThreads,
-                Cfg::kSmemBytes, stream, 1, tmap_a, tmap_a_last, tmap_w, static_cast<int>(m),
+  launch_kernel_pdl_if(pdl, kernel, static_cast<unsigned>(std::min<int64_t>(tiles, num_sms)),
+                kThreads, Cfg::kSmemBytes, stream, 1, tmap_a, tmap_a_last, tmap_w, static_cast<int>(m),
                 static_cast<int>(n), k_tiles, tiles_m, tiles_n, 1, k_tiles, last_box_rows, ep, out,
                 vec2, w_ready);
   return true;
 }
 
+// Integer ops (2 * M * N * K) from which matmul's GEMM is launched without PDL (run_typed).
+constexpr double kLongGemmOps = 137.4e9;  // 2^37
+
 template <typename OutT>
 bool run_typed(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
                const Epilogue& ep, void* out, int num_sms, bool w_ready, cudaStream_t stream) {
   const Plan plan = pick_plan<OutT>(m, n, ceil_div(k, kBlockK), num_sms);
+  // matmul (w_ready: the quantizer runs just before) launches a long GEMM without PDL. Early
+  // W loads save a few microseconds a call at most, and with the GEMM launched early a large
+  // call ran 2-10% slower (H100, same run, GEMM with and without PDL: 8192x28672 M = 8192
+  // 3428 against 3072 us, M = 2048 819 against 755; 4096x14336 M = 8192 912 against 843;
+  // 4096x4096 M = 8192 289 against 271), while at 2 * M * N * K <= 69 GOP PDL won or tied
+  // (4096x4096 M = 512: 22.0 against 24.5 us; M = 2048: 71.0 against 72.2).
+  const bool pdl = !w_ready || 2.0 * m * n * k < kLongGemmOps;
   switch (plan.block_n) {
-    case 256: return launch_gemm<256, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, stream);
-    case 128: return launch_gemm<128, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, stream);
-    case 96: return launch_gemm<96, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, stream);
-    default: return launch_gemm<64, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, stream);
+    case 256: return launch_gemm<256, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, pdl, stream);
+    case 128: return launch_gemm<128, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, pdl, stream);
+    case 96: return launch_gemm<96, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, pdl, stream);
+    default: return launch_gemm<64, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, pdl, stream);
   }
 }
 

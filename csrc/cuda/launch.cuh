@@ -6,7 +6,7 @@
 // runs; its CTAs start, then block in pdl_wait() until the previous grid has completed and
 // its memory is visible.
 //
-// Rule for every kernel launched through launch_kernel: call pdl_wait() before the first
+// Rule for every kernel launched through launch_kernel(_pdl_if): call pdl_wait() before the first
 // read or write of global memory (inputs may have been written, and outputs may still be
 // read, by the kernel before it, whichever op that was), then pdl_launch_dependents(). Both
 // are no-ops without PDL (before sm_90, or INT8Q_DISABLE_PDL=1), so the rule costs nothing
@@ -65,11 +65,12 @@ constexpr int kPrefetchBytesPerCta = 96 * 1024;
 // tests can compare both in one process).
 bool pdl_enabled();
 
-// kernel<<<grid, block, smem, stream>>>(args...) with PDL where enabled, and an optional
-// thread-block cluster shape (cluster_x CTAs along x; 1 for none).
+// kernel<<<grid, block, smem, stream>>>(args...) with PDL where enabled and allow_pdl, and an
+// optional thread-block cluster shape (cluster_x CTAs along x; 1 for none). Without PDL the
+// kernel starts after the one before it has finished, as a plain launch does.
 template <typename... KernelArgs, typename... Args>
-void launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
-                   cudaStream_t stream, unsigned cluster_x, Args&&... args) {
+void launch_kernel_pdl_if(bool allow_pdl, void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
+                          size_t smem, cudaStream_t stream, unsigned cluster_x, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
@@ -84,7 +85,7 @@ void launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t 
     attr[n].val.clusterDim.z = 1;
     ++n;
   }
-  if (pdl_enabled()) {
+  if (allow_pdl && pdl_enabled()) {
     attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[n].val.programmaticStreamSerializationAllowed = 1;
     ++n;
@@ -92,6 +93,14 @@ void launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t 
   cfg.attrs = attr;
   cfg.numAttrs = n;
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
+// launch_kernel_pdl_if with PDL allowed.
+template <typename... KernelArgs, typename... Args>
+void launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t stream, unsigned cluster_x, Args&&... args) {
+  launch_kernel_pdl_if(true, kernel, grid, block, smem, stream, cluster_x,
+                       std::forward<Args>(args)...);
 }
 
 }  // namespace cuda
