@@ -839,10 +839,10 @@ bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           Cfg::kSmemBytes));
       launch_kernel_pdl_if(pdl, kernel, static_cast<unsigned>(tiles * plan.splits), kThreads,
-                    Cfg::kSmemBytes, stream, static_cast<unsigned>(plan.splits), tmap_a,
-                    tmap_a_last, tmap_w,
-                    static_cast<int>(m), static_cast<int>(n), k_tiles, tiles_m, tiles_n,
-                    plan.splits, plan.k_tiles_per_split, last_box_rows, ep, out, vec2, w_ready);
+                           Cfg::kSmemBytes, stream, static_cast<unsigned>(plan.splits), tmap_a,
+                           tmap_a_last, tmap_w, static_cast<int>(m), static_cast<int>(n), k_tiles,
+                           tiles_m, tiles_n, plan.splits, plan.k_tiles_per_split, last_box_rows,
+                           ep, out, vec2, w_ready);
       return true;
     }
   }
@@ -851,14 +851,14 @@ bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       Cfg::kSmemBytes));
   launch_kernel_pdl_if(pdl, kernel, static_cast<unsigned>(std::min<int64_t>(tiles, num_sms)),
-                kThreads, Cfg::kSmemBytes, stream, 1, tmap_a, tmap_a_last, tmap_w, static_cast<int>(m),
-                static_cast<int>(n), k_tiles, tiles_m, tiles_n, 1, k_tiles, last_box_rows, ep, out,
-                vec2, w_ready);
+                       kThreads, Cfg::kSmemBytes, stream, 1, tmap_a, tmap_a_last, tmap_w,
+                       static_cast<int>(m), static_cast<int>(n), k_tiles, tiles_m, tiles_n, 1,
+                       k_tiles, last_box_rows, ep, out, vec2, w_ready);
   return true;
 }
 
 // Integer ops (2 * M * N * K) from which matmul's GEMM is launched without PDL (run_typed).
-constexpr double kLongGemmOps = 137.4e9;  // 2^37
+constexpr double kLongGemmOps = static_cast<double>(int64_t{1} << 37);  // 137 GOP
 
 template <typename OutT>
 bool run_typed(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,

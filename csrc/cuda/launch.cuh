@@ -6,8 +6,8 @@
 // runs; its CTAs start, then block in pdl_wait() until the previous grid has completed and
 // its memory is visible.
 //
-// Rule for every kernel launched through launch_kernel(_pdl_if): call pdl_wait() before the first
-// read or write of global memory (inputs may have been written, and outputs may still be
+// Rule for every kernel launched through launch_kernel(_pdl_if): call pdl_wait() before the
+// first read or write of global memory (inputs may have been written, and outputs may still be
 // read, by the kernel before it, whichever op that was), then pdl_launch_dependents(). Both
 // are no-ops without PDL (before sm_90, or INT8Q_DISABLE_PDL=1), so the rule costs nothing
 // there. The wait holds until the previous grid is complete, so waiting kernels never change

@@ -46,10 +46,10 @@ __device__ __forceinline__ uint32_t row_group_max(uint32_t v, int tpr_shift, uin
 // (index math, reduction, scale) per element against four, and keep 96 KB in flight per SM
 // (blocks of 256 threads, 3 per SM, <= 80 registers; 64 would spill). Up to 8M elements
 // with rows of at most 16 KB, four loads per thread are faster (a copy of this kernel on an
-// H200, 16..2048 x 4096: 3-14% less time; slower from 4096 x 4096 on): 4 blocks per SM
-// (<= 64 registers) and twice the threads per row, so a call of a few hundred rows spreads
-// over more SMs. With x_smooth the multipliers (one float per element) need registers too:
-// four loads, 3 blocks per SM.
+// H200, 16..2048 rows of 4096: 3-14% less time, 4096 rows: 2.5%; 8192 rows and rows of
+// 14336: 2-8% more): 4 blocks per SM (<= 64 registers) and twice the threads per row, so a
+// call of a few hundred rows spreads over more SMs. With x_smooth the multipliers (one float
+// per element) need registers too: four loads, 3 blocks per SM.
 constexpr int kMaxRowThreads = 256;
 template <bool HasSmooth, int kVecs>
 constexpr int kRowBlocksPerSm = !HasSmooth && kVecs == 4 ? 4 : 3;
