@@ -83,12 +83,8 @@ def main() -> int:
                     live[name] = fn
             # Rounds with the order rotated by one each time; each method keeps its median
             # round, so neither a stall of the card nor the order of the columns moves a number.
-            times = {name: [] for name in live}
-            names = list(live)
-            for r in range(args.rounds):
-                for name in common.rotated(names, r):
-                    times[name].append(common.time_cuda(common.cycle_calls(live[name], sets), args.warmup_ms,
-                                                        args.rep_ms / args.rounds).median_us)
+            fns = {name: common.cycle_calls(fn, sets) for name, fn in live.items()}
+            times = {name: [t.median_us for t in ts] for name, ts in common.time_in_rounds(fns, args).items()}
             med = {name: common.median_round(ts) for name, ts in times.items()}
             fp16 = med.get("fp16")
             rec["fp16_us"] = fp16

@@ -58,11 +58,8 @@ def time_rounds(calls: Dict[str, Tuple[object, int]], tensors: common.Rotation, 
     args.rounds rounds in an order rotated by one per round; the median round of each."""
     fns = {name: common.cycle_calls(call, tensors.take(common.rotation_copies(nbytes, device)))
            for name, (call, nbytes) in calls.items()}
-    rounds: Dict[str, List[common.Timing]] = {name: [] for name in calls}
-    for r in range(args.rounds):
-        for name in common.rotated(list(calls), r):
-            rounds[name].append(common.time_cuda(fns[name], args.warmup_ms, args.rep_ms / args.rounds))
-    return {name: common.median_round(ts, key=lambda t: t.median_us) for name, ts in rounds.items()}
+    return {name: common.median_round(ts, key=lambda t: t.median_us)
+            for name, ts in common.time_in_rounds(fns, args).items()}
 
 
 def markdown_report(payload: Dict[str, object]) -> str:

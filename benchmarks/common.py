@@ -90,6 +90,17 @@ def median_round(values: Sequence, key: Optional[Callable] = None):
     return sorted(values, key=key)[(len(values) - 1) // 2]
 
 
+def time_in_rounds(fns: Dict[str, Callable[[], object]],
+                   args: argparse.Namespace) -> Dict[str, List["Timing"]]:
+    """Each no-argument call timed in args.rounds rounds, the order rotated by one per round and
+    args.rep_ms split over the rounds: every name's rounds, in order (median_round picks one)."""
+    rounds: Dict[str, List[Timing]] = {name: [] for name in fns}
+    for r in range(args.rounds):
+        for name in rotated(list(fns), r):
+            rounds[name].append(time_cuda(fns[name], args.warmup_ms, args.rep_ms / args.rounds))
+    return rounds
+
+
 def apply_quick_timings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """--quick shortens warm-up and timed work to 10 / 30 ms, where the user left the defaults."""
     if args.quick:
