@@ -41,6 +41,17 @@
 //   tile at small M). Bit-identical, but no faster on an H200 (raw 8192x28672x8192: 2987 us
 //   against 2901 without; 4096x4096 M = 256: 14.8 against 13.7): L2 traffic does not seem
 //   to be what limits this kernel.
+//   Also tried and left out: a quantizing form for matmul at 3 <= M <= 64 (one cooperative
+//   launch: each CTA first quantized one row of x into global codes with quantize_rows' code,
+//   arrived on a one-way grid barrier built on the cooperative launch's workspace word, and
+//   loaded its first W tiles; the TMA thread waited for the barrier before its first A
+//   tile). Bit-identical to quantize kernel + GEMM, and slower on every LLM shape (H200, CUDA
+//   graph of back-to-back calls, us per call, against the two kernels: 4096x4096 M = 4 10.6
+//   / 8.6, M = 64 11.1 / 9.3; 14336x4096 M = 4 22.6 / 21.3, M = 64 27.3 / 25.9; 4096x14336
+//   M = 4 20.2 / 19.1, M = 64 21.7 / 20.3). Timestamps (%globaltimer, 4096x4096 M = 4): the
+//   rows were written 1.5 us after the start, the release arrivals took ~1.3 us more, and the
+//   TMA thread saw the barrier flip at ~3 us, all on the critical path; with PDL the two-kernel
+//   call hides most of the quantizer (this GEMM's launch and its first W tiles overlap it).
 // - Epilogue: straight from registers (no M x N intermediate): per-row x scale (loaded at
 //   tile start), channel_terms of epilogue.cuh (double-buffered in shared memory, handed over
 //   by an mbarrier pair), apply_epilogue, and stores of two adjacent outputs at a time.

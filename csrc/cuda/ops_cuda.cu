@@ -184,7 +184,8 @@ at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& qweight, const at:
   // quantize kernel + GEMM: without PDL the fused kernel wins up to M = 8. With PDL (sm_90)
   // the GEMM's launch overlaps the quantizer (launch.cuh), and the two-pass path wins from M = 3 on
   // all four LLM shapes (H200: 4096x4096 M=3 11.9 us against 14.2, M=8 13.1 against 15.9;
-  // 8192x28672 M=3 65.2 against 67.4), the fused dp4a kernel still at M <= 2.
+  // 8192x28672 M=3 65.2 against 67.4), the fused dp4a kernel still at M <= 2. A Hopper GEMM
+  // that quantized x itself (grid barrier, one launch) was slower still (gemm_sm90a.cu).
   const int64_t fused_max_m = pdl_enabled() ? std::min<int64_t>(kFusedMaxMWithPdl, gemv_max_m()) : gemv_max_m();
   if (smooth == nullptr && m <= fused_max_m &&
       gemv_fused(x2, m, n, k, k, w.data_ptr<int8_t>(), scale, shift, ep, out.data_ptr(), ot,
