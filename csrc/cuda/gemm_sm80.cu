@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAException.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "epilogue.cuh"
 #include "kernels.h"
@@ -128,24 +129,25 @@ __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
   pdl_wait();  // A may come from the quantize kernel just before (launch.cuh)
   pdl_launch_dependents();
 
+  // kChunks 16-byte chunks (rows of kBK bytes from row r0 of a [rows, K] operand with row
+  // stride ld) into the swizzled stage at dst; chunks outside the operand are zero-filled.
+  auto load_operand = [&](auto chunks_c, int8_t* dst, const int8_t* src, int64_t r0,
+                          int64_t rows, int64_t ld, int64_t k0) {
+    constexpr int kChunks = decltype(chunks_c)::value;
+#pragma unroll
+    for (int i = 0; i < kChunks / kThreads; ++i) {
+      const int c = tid + i * kThreads, row = c >> 3, chunk = c & 7;
+      const int64_t gr = r0 + row, gk = k0 + chunk * 16;
+      const bool ok = gr < rows && gk < args.k;
+      cp_async_16(smem_addr(dst + swizzle(row, chunk)), ok ? src + gr * ld + gk : src, ok);
+    }
+  };
   auto load_tile = [&](int kt, int stage) {
     const int64_t k0 = static_cast<int64_t>(kt_begin + kt) * kBK;
-#pragma unroll
-    for (int i = 0; i < kChunksA / kThreads; ++i) {
-      const int c = tid + i * kThreads, row = c >> 3, chunk = c & 7;
-      const int64_t gm = m0 + row, gk = k0 + chunk * 16;
-      const bool ok = gm < args.m && gk < args.k;
-      cp_async_16(smem_addr(sa + stage * kStageA + swizzle(row, chunk)),
-                  ok ? args.a + gm * args.lda + gk : args.a, ok);
-    }
-#pragma unroll
-    for (int i = 0; i < kChunksB / kThreads; ++i) {
-      const int c = tid + i * kThreads, row = c >> 3, chunk = c & 7;
-      const int64_t gn = n0 + row, gk = k0 + chunk * 16;
-      const bool ok = gn < args.n && gk < args.k;
-      cp_async_16(smem_addr(sb + stage * kStageB + swizzle(row, chunk)),
-                  ok ? args.w + gn * args.k + gk : args.w, ok);
-    }
+    load_operand(std::integral_constant<int, kChunksA>{}, sa + stage * kStageA, args.a, m0, args.m,
+                 args.lda, k0);
+    load_operand(std::integral_constant<int, kChunksB>{}, sb + stage * kStageB, args.w, n0, args.n,
+                 args.k, k0);
   };
 
   int32_t acc[MT][NT][4];
@@ -250,33 +252,32 @@ __global__ void __launch_bounds__(256)
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; g < groups; g += stride) {
     const int64_t idx = g * V;
+    // The V partial sums of split s (streaming loads: each is read once).
+    auto load = [&](int s, int32_t (&v)[V]) {
+      const int32_t* p = partial + s * total + idx;
+      if constexpr (kVec) {
+        const int4 q = __ldcs(reinterpret_cast<const int4*>(p));
+        v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+      } else {
+        v[0] = __ldcs(p);
+      }
+    };
     int32_t acc[V] = {};
     int s = 0;
     for (; s + 4 <= splits; s += 4) {  // four loads in flight per thread
       int32_t v[4][V];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int32_t* p = partial + (s + u) * total + idx;
-        if constexpr (kVec) {
-          const int4 q = __ldcs(reinterpret_cast<const int4*>(p));
-          v[u][0] = q.x; v[u][1] = q.y; v[u][2] = q.z; v[u][3] = q.w;
-        } else {
-          v[u][0] = __ldcs(p);
-        }
-      }
+      for (int u = 0; u < 4; ++u) load(s + u, v[u]);
 #pragma unroll
       for (int u = 0; u < 4; ++u)
 #pragma unroll
         for (int i = 0; i < V; ++i) acc[i] += v[u][i];
     }
     for (; s < splits; ++s) {
-      const int32_t* p = partial + s * total + idx;
-      if constexpr (kVec) {
-        const int4 q = __ldcs(reinterpret_cast<const int4*>(p));
-        acc[0] += q.x; acc[1] += q.y; acc[2] += q.z; acc[3] += q.w;
-      } else {
-        acc[0] += __ldcs(p);
-      }
+      int32_t v[V];
+      load(s, v);
+#pragma unroll
+      for (int i = 0; i < V; ++i) acc[i] += v[i];
     }
     // 32-bit division where the index fits (always at the small M where K is split).
     const int64_t row = total <= 0xffffffffll ? static_cast<uint32_t>(idx) / static_cast<uint32_t>(n) : idx / n;
