@@ -52,9 +52,20 @@
 //   rows were written 1.5 us after the start, the release arrivals took ~1.3 us more, and the
 //   TMA thread saw the barrier flip at ~3 us, all on the critical path; with PDL the two-kernel
 //   call hides most of the quantizer (this GEMM's launch and its first W tiles overlap it).
-// - Epilogue: straight from registers (no M x N intermediate): per-row x scale (loaded at
-//   tile start), channel_terms of epilogue.cuh (double-buffered in shared memory, handed over
-//   by an mbarrier pair), apply_epilogue, and stores of two adjacent outputs at a time.
+// - Epilogue (no M x N intermediate): per-row x scale (loaded at tile start), channel_terms of
+//   epilogue.cuh (double-buffered in shared memory, handed over by an mbarrier pair),
+//   apply_epilogue, then out through TMA: each consumer warp writes its 16 rows into 2 KB of
+//   shared memory one 128-byte column chunk at a time, and one lane sends the chunk with a bulk
+//   tensor store (store_band_tma) that runs on while the warp goes on. The consumers are the
+//   tensor cores' only feeders, so every cycle of epilogue is a cycle of idle tensor cores;
+//   storing pairs of outputs straight from the accumulator fragment (4 or 8 bytes on each of 8
+//   rows per instruction) took a large share of a big GEMM (H100, raw scaled_mm, same run,
+//   TOP/s before / after: 8192x28672x8192 1120 / 1386, 8192x14336x4096 1066 / 1324,
+//   8192x4096x4096 1114 / 1379; the same kernel with no epilogue stores at all: 1463, 1509,
+//   1532). A synchronous variant (stage in shared memory, then 16-byte st.global per lane) got
+//   about two thirds of the gain. What remains is the epilogue's arithmetic (a conversion and
+//   two multiplies per output), which the tensor cores still wait for. Rows that are not
+//   16-byte aligned, and 96-wide tiles, store straight from registers.
 // - Split-K (few tiles: small M): a second kernel form (kSplit) runs one work unit per CTA,
 //   with thread-block clusters of `splits` = 2 or 4 CTAs along x. The CTAs of a cluster
 //   share a tile; CTA rank s takes K tiles [s * per, min((s + 1) * per, k_tiles)) (the
@@ -104,6 +115,7 @@ namespace {
 constexpr int kBlockM = 128;
 constexpr int kBlockK = 128;  // bytes of K per stage = the 128-byte swizzle span
 constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+constexpr int kOutBandBytes = 16 * 128;  // a consumer warp's TMA store box: 16 rows x 128 bytes
 // kSplit: the cluster split-K kernel (header), which also holds a receive buffer for the
 // partial sums of the other CTAs of its cluster: one int32 per accumulator of the tile.
 template <int BN, bool kSplit = false>
@@ -118,9 +130,13 @@ struct TileConfig {
   static constexpr int kRecvBytes = kSplit ? kBlockM * BN * 4 : 0;
   static constexpr int kTermsBytes = 2 * 3 * BN * 4;  // 2 buffers of w_scale, shift, bias [BN]
   static constexpr int kBarrierBytes = 8 * (2 * kStages + 5);
+  // Epilogue staging for the TMA stores (store_band_tma): one 16-row x 128-byte box per
+  // consumer warp. 96-wide tiles are not a whole number of 128-byte chunks of 16-bit outputs
+  // and store from registers instead.
+  static constexpr int kOutStageBytes = BN == 96 ? 0 : 8 * kOutBandBytes;
   // + 1 KB so the tiles can be aligned up to the 1024-byte swizzle atom.
-  static constexpr int kSmemBytes =
-      kStages * kStageBytes + kRecvBytes + kTermsBytes + kBarrierBytes + 1024;
+  static constexpr int kSmemBytes = kStages * kStageBytes + kRecvBytes + kTermsBytes +
+                                    kOutStageBytes + kBarrierBytes + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory per block on sm_90 is 227 KB");
 };
 
@@ -223,6 +239,27 @@ __device__ __forceinline__ void tma_prefetch_2d(const CUtensorMap* map, int inne
                    reinterpret_cast<uint64_t>(map)),
                "r"(inner), "r"(outer)
                : "memory");
+}
+
+// 2-D tile copy shared -> global (bulk group of this thread); rows/columns outside the tensor
+// are not written.
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, uint32_t src, int inner,
+                                             int outer) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(src), "r"(inner), "r"(outer)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() {
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+}
+// This thread's bulk stores have read their shared-memory source (it may be overwritten).
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+}
+// Orders this thread's generic-proxy shared-memory writes before later async-proxy reads.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }
 
 __device__ __forceinline__ void prefetch_tensor_map(const CUtensorMap* map) {
@@ -401,6 +438,57 @@ __device__ __forceinline__ void wgmma_s8(int32_t (&d)[32], uint64_t desc_a, uint
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
+// Stores a consumer warp's 16 output rows (band_row.., the tile's columns col0..col0 + BN)
+// through its 2 KB of shared memory `band`: one 16-row x 128-byte chunk at a time, written
+// in the TMA's 128B-swizzled layout (16-byte chunk c of row r at c ^ (r % 8); the fragment
+// writes then hit 32 distinct banks for 16-bit outputs), then sent by one bulk tensor store
+// that clips rows and columns outside the output. The stores are asynchronous, so the warp
+// goes on to its next tile while they drain; before refilling `band` lane 0 waits until the
+// previous store has read it. Against storing pairs straight from the accumulator fragment
+// (4 or 8 bytes over 8 rows per instruction), this halved the epilogue's share of a large
+// GEMM (header). kPlain: no shift term and no bias (not even a + 0, as in reference.py).
+template <int BN, bool kPlain, typename OutT, int R>
+__device__ __forceinline__ void store_band_tma(const int32_t (&acc)[R], float xs0, float xs1,
+                                               const float* terms, uint8_t* band,
+                                               const CUtensorMap* tmap_out, int col0,
+                                               int band_row, int lane) {
+  constexpr int kChunkCols = 128 / static_cast<int>(sizeof(OutT));
+  constexpr int kGroups = kChunkCols / 8;  // 8-column groups j per chunk
+  static_assert(BN % kChunkCols == 0, "whole 128-byte chunks per tile row");
+  const int r = lane / 4;
+  auto value = [&](int32_t a, float xs, int c, float ws) {
+    if constexpr (kPlain) {
+      return dequantize(a, xs, ws);
+    } else {
+      return apply_epilogue(a, xs, ChannelTerms{ws, terms[BN + c], terms[2 * BN + c]});
+    }
+  };
+#pragma unroll
+  for (int j = 0; j < BN / 8; ++j) {
+    const int jj = j % kGroups;
+    if (jj == 0) {
+      if (lane == 0) bulk_wait_read();
+      __syncwarp();
+    }
+    const int c = 8 * j + 2 * (lane % 4);
+    const float2 ws = *reinterpret_cast<const float2*>(terms + c);
+    const int bo = (8 * jj + 2 * (lane % 4)) * static_cast<int>(sizeof(OutT));
+    const int off = r * 128 + (((bo >> 4) ^ r) << 4) + (bo & 15);
+    store_pair(reinterpret_cast<OutT*>(band + off), value(acc[4 * j], xs0, c, ws.x),
+               value(acc[4 * j + 1], xs0, c + 1, ws.y));
+    store_pair(reinterpret_cast<OutT*>(band + 1024 + off), value(acc[4 * j + 2], xs1, c, ws.x),
+               value(acc[4 * j + 3], xs1, c + 1, ws.y));
+    if (jj == kGroups - 1) {
+      fence_proxy_async_shared();  // the generic-proxy writes, before the bulk copy reads them
+      __syncwarp();
+      if (lane == 0) {
+        tma_store_2d(tmap_out, smem_addr(band), col0 + (j / kGroups) * kChunkCols, band_row);
+        bulk_commit();
+      }
+    }
+  }
+}
+
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 // OutT = float / __half / __nv_bfloat16. kSplit = false: persistent, one unit per tile.
@@ -413,9 +501,11 @@ template <int BN, typename OutT, bool kSplit>
 __global__ void __launch_bounds__(kThreads, 1)
     gemm_sm90a_kernel(const __grid_constant__ CUtensorMap tmap_a,
                       const __grid_constant__ CUtensorMap tmap_a_last,
-                      const __grid_constant__ CUtensorMap tmap_w, int m, int n, int k_tiles,
+                      const __grid_constant__ CUtensorMap tmap_w,
+                      const __grid_constant__ CUtensorMap tmap_out, int m, int n, int k_tiles,
                       int tiles_m, int tiles_n, int splits, int split_k_tiles, int last_box_rows,
-                      Epilogue ep, OutT* __restrict__ out, bool vec2, bool w_ready) {
+                      Epilogue ep, OutT* __restrict__ out, bool vec2, bool tma_out,
+                      bool w_ready) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Cfg = TileConfig<BN, kSplit>;
   constexpr int kStages = Cfg::kStages;
@@ -423,10 +513,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint8_t* smem = smem_raw + ((1024u - smem_addr(smem_raw) % 1024u) % 1024u);
   const uint32_t smem_a = smem_addr(smem);
   const uint32_t smem_w = smem_a + kStages * Cfg::kABytes;
+  // Epilogue staging (1024-byte aligned): per consumer warp, 16 rows of output.
+  uint8_t* out_stage = smem + kStages * Cfg::kStageBytes;
   // Split-K receive buffer (kSplit): int4 slots [source rank][warp of the slice][j][lane].
-  const uint32_t recv = smem_a + kStages * Cfg::kStageBytes;
+  const uint32_t recv = smem_a + kStages * Cfg::kStageBytes + Cfg::kOutStageBytes;
   // Channel terms of the tile's BN columns, double-buffered: [buffer][w_scale | shift | bias][BN].
-  float* terms = reinterpret_cast<float*>(smem + kStages * Cfg::kStageBytes + Cfg::kRecvBytes);
+  float* terms = reinterpret_cast<float*>(smem + kStages * Cfg::kStageBytes +
+                                          Cfg::kOutStageBytes + Cfg::kRecvBytes);
   const uint32_t full_bar = smem_addr(terms) + Cfg::kTermsBytes;
   const uint32_t empty_bar = full_bar + 8 * kStages;
   const uint32_t terms_full_bar = empty_bar + 8 * kStages;
@@ -445,6 +538,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // see launch_gemm). M <= 64: the second consumer warpgroup has no rows and sits the call
   // out, and each stage is freed by the 4 warps of the first.
   const int consumer_wgs = tiles_m == 1 && last_box_rows <= 64 ? 1 : 2;
+  // No shift term and no bias: the epilogue is (acc * x_scale) * w_scale alone.
+  const bool plain = ep.w_sum == nullptr && ep.bias_type == BiasType::kNone;
   // TMA bytes of a stage of row tile tm.
   auto stage_bytes = [&](int tm) -> uint32_t {
     return (tm == tiles_m - 1 ? last_box_rows : kBlockM) * kBlockK + Cfg::kWBytes;
@@ -463,6 +558,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     prefetch_tensor_map(&tmap_a);
     prefetch_tensor_map(&tmap_a_last);
     prefetch_tensor_map(&tmap_w);
+    if (tma_out) prefetch_tensor_map(&tmap_out);
     if (blockIdx.x < num_units) {
       int tm, tn, kt_begin, kt_count;
       unit_coords<kSplit>(blockIdx.x, splits, tiles_m, tiles_n, k_tiles, split_k_tiles, tm, tn,
@@ -617,7 +713,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int src = 0; src < splits; ++src) {
           if (src == rank) continue;
           const int4* part = reinterpret_cast<const int4*>(
-              smem + kStages * Cfg::kStageBytes + src * slice_warps * slot_stride + slot);
+              smem + kStages * Cfg::kStageBytes + Cfg::kOutStageBytes +
+              src * slice_warps * slot_stride + slot);
 #pragma unroll
           for (int j = 0; j < BN / 8; ++j) {
             const int4 v = part[j * 32];
@@ -634,40 +731,62 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int buf = it & 1;
       mbar_wait(terms_full_bar + 8 * buf, (it >> 1) & 1);
       const float* w_scale = terms + buf * 3 * BN;
-      OutT* out0 = out + row0 * n;
-      OutT* out1 = out0 + 8 * static_cast<int64_t>(n);
+      // Straight from registers (outputs whose rows are not 16-byte aligned, 96-wide tiles).
+      auto store_direct = [&]() {
+        OutT* out0 = out + row0 * n;
+        OutT* out1 = out0 + 8 * static_cast<int64_t>(n);
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j) {
-        const int c = 8 * j + 2 * (lane % 4);
-        const int col = tn * BN + c;
-        if (col < n) {
-          const bool has1 = col + 1 < n;
-          const float2 ws = *reinterpret_cast<const float2*>(w_scale + c);
-          const float2 sh = *reinterpret_cast<const float2*>(w_scale + BN + c);
-          const float2 b = *reinterpret_cast<const float2*>(w_scale + 2 * BN + c);
-          const ChannelTerms t0{ws.x, sh.x, b.x}, t1{ws.y, sh.y, b.y};
-          const float v00 = apply_epilogue(acc[4 * j + 0], xs0, t0);
-          const float v01 = apply_epilogue(acc[4 * j + 1], xs0, t1);
-          const float v10 = apply_epilogue(acc[4 * j + 2], xs1, t0);
-          const float v11 = apply_epilogue(acc[4 * j + 3], xs1, t1);
-          if (vec2 && has1) {
-            if (in0) store_pair(out0 + col, v00, v01);
-            if (in1) store_pair(out1 + col, v10, v11);
-          } else {
-            if (in0) {
-              out0[col] = to_out<OutT>(v00);
-              if (has1) out0[col + 1] = to_out<OutT>(v01);
-            }
-            if (in1) {
-              out1[col] = to_out<OutT>(v10);
-              if (has1) out1[col + 1] = to_out<OutT>(v11);
+        for (int j = 0; j < BN / 8; ++j) {
+          const int c = 8 * j + 2 * (lane % 4);
+          const int col = tn * BN + c;
+          if (col < n) {
+            const bool has1 = col + 1 < n;
+            const float2 ws = *reinterpret_cast<const float2*>(w_scale + c);
+            const float2 sh = *reinterpret_cast<const float2*>(w_scale + BN + c);
+            const float2 b = *reinterpret_cast<const float2*>(w_scale + 2 * BN + c);
+            const ChannelTerms t0{ws.x, sh.x, b.x}, t1{ws.y, sh.y, b.y};
+            const float v00 = apply_epilogue(acc[4 * j + 0], xs0, t0);
+            const float v01 = apply_epilogue(acc[4 * j + 1], xs0, t1);
+            const float v10 = apply_epilogue(acc[4 * j + 2], xs1, t0);
+            const float v11 = apply_epilogue(acc[4 * j + 3], xs1, t1);
+            if (vec2 && has1) {
+              if (in0) store_pair(out0 + col, v00, v01);
+              if (in1) store_pair(out1 + col, v10, v11);
+            } else {
+              if (in0) {
+                out0[col] = to_out<OutT>(v00);
+                if (has1) out0[col + 1] = to_out<OutT>(v01);
+              }
+              if (in1) {
+                out1[col] = to_out<OutT>(v10);
+                if (has1) out1[col + 1] = to_out<OutT>(v11);
+              }
             }
           }
         }
+      };
+      if constexpr (Cfg::kOutStageBytes > 0) {
+        if (!tma_out) {
+          store_direct();
+        } else if (tm * kBlockM + cwarp * 16 < m) {  // else all 16 rows of the warp lie past M
+          uint8_t* band = out_stage + cwarp * kOutBandBytes;
+          const int band_row = tm * kBlockM + cwarp * 16;
+          if (plain) {
+            store_band_tma<BN, true, OutT>(acc, xs0, xs1, w_scale, band, &tmap_out, tn * BN,
+                                           band_row, lane);
+          } else {
+            store_band_tma<BN, false, OutT>(acc, xs0, xs1, w_scale, band, &tmap_out, tn * BN,
+                                            band_row, lane);
+          }
+        }
+      } else {
+        store_direct();
       }
       // kSplit runs one unit per CTA and only the owning warps get here: nothing to free.
       if constexpr (!kSplit) mbar_arrive(terms_empty_bar + 8 * buf);
     }
+    // The shared memory of the last bulk stores must stay until they have read it.
+    if (tma_out && lane == 0) bulk_wait_read();
   }
   // kSplit: every thread of the cluster meets here before any CTA exits, so no CTA's shared
   // memory goes away while another might still write into it (the receive mbarrier already
@@ -718,6 +837,25 @@ bool encode_operand(CUtensorMap* map, const int8_t* ptr, int64_t rows, int64_t c
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The output [rows, cols] of OutT (row-major, contiguous) written from shared memory in boxes of
+// 16 rows x 128 bytes, 128B-swizzled.
+template <typename OutT>
+bool encode_output(CUtensorMap* map, OutT* ptr, int64_t rows, int64_t cols) {
+  const EncodeTiledFn encode = encode_tiled_fn();
+  if (encode == nullptr) return false;
+  const CUtensorMapDataType type =
+      std::is_same<OutT, float>::value    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+      : std::is_same<OutT, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                          : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols * sizeof(OutT))};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(128 / sizeof(OutT)), 16};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  return encode(map, type, 2, ptr, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
 
 // 256-wide tiles read shared memory most efficiently; 128-wide ones when they fill more SMs.
 // Cost model: waves of tiles x tile width, with the narrower tile ~10% less efficient.
@@ -837,6 +975,12 @@ bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64
     return false;
   }
   if (!encode_operand(&tmap_w, w, n, k, k, BN)) return false;
+  // The output goes out through TMA where its rows are 16-byte aligned and the tile width is
+  // a whole number of 128-byte chunks; otherwise straight from registers (tmap_out unused).
+  CUtensorMap tmap_out = tmap_w;
+  const bool tma_out = TileConfig<BN>::kOutStageBytes > 0 && (n * sizeof(OutT)) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(out_ptr) % 16 == 0 &&
+                       encode_output(&tmap_out, static_cast<OutT*>(out_ptr), m, n);
   const int tiles_n = static_cast<int>(ceil_div(n, BN));
   const int k_tiles = static_cast<int>(ceil_div(k, kBlockK));
   const int64_t tiles = static_cast<int64_t>(tiles_m) * tiles_n;
@@ -851,9 +995,9 @@ bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64
                                           Cfg::kSmemBytes));
       launch_kernel_pdl_if(pdl, kernel, static_cast<unsigned>(tiles * plan.splits), kThreads,
                            Cfg::kSmemBytes, stream, static_cast<unsigned>(plan.splits), tmap_a,
-                           tmap_a_last, tmap_w, static_cast<int>(m), static_cast<int>(n), k_tiles,
-                           tiles_m, tiles_n, plan.splits, plan.k_tiles_per_split, last_box_rows,
-                           ep, out, vec2, w_ready);
+                           tmap_a_last, tmap_w, tmap_out, static_cast<int>(m),
+                           static_cast<int>(n), k_tiles, tiles_m, tiles_n, plan.splits,
+                           plan.k_tiles_per_split, last_box_rows, ep, out, vec2, tma_out, w_ready);
       return true;
     }
   }
@@ -862,9 +1006,9 @@ bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       Cfg::kSmemBytes));
   launch_kernel_pdl_if(pdl, kernel, static_cast<unsigned>(std::min<int64_t>(tiles, num_sms)),
-                       kThreads, Cfg::kSmemBytes, stream, 1, tmap_a, tmap_a_last, tmap_w,
+                       kThreads, Cfg::kSmemBytes, stream, 1, tmap_a, tmap_a_last, tmap_w, tmap_out,
                        static_cast<int>(m), static_cast<int>(n), k_tiles, tiles_m, tiles_n, 1,
-                       k_tiles, last_box_rows, ep, out, vec2, w_ready);
+                       k_tiles, last_box_rows, ep, out, vec2, tma_out, w_ready);
   return true;
 }
 
