@@ -257,6 +257,34 @@ def test_scaled_mm_unit_scales_exact(rng, m, kn):
     assert torch.equal(out.cpu(), exact)
 
 
+# (M, K, N): the Hopper GEMM's tile plans with TMA-stored output (N a multiple of 8), row and
+# column tails of their tiles, 96-wide tiles (stored from registers), and the mma.sync path
+# elsewhere.
+WRITE_ALL_CASES = [(64, 4096, 136), (17, 4096, 4104), (1000, 1024, 4096), (300, 4096, 4096),
+                   (129, 272, 8), (4096, 512, 264), (200, 4096, 4096), (2100, 256, 1032)]
+
+
+@pytest.mark.parametrize("mkn", WRITE_ALL_CASES, ids=str)
+@pytest.mark.parametrize("out_dtype", HALF_DTYPES + (torch.float32,), ids=dtype_id)
+def test_scaled_mm_writes_every_output(rng, out_dtype, mkn):
+    # The output comes from torch.empty, so an element no kernel wrote would keep whatever the
+    # memory held, which the caching allocator may make look right. Fill the block that the
+    # output will reuse with NaN first: a missing store then shows as NaN.
+    m, k, n = mkn
+    g = torch.Generator(device=DEV).manual_seed(_seed(rng))
+    xq = torch.randint(-128, 128, (m, k), generator=g, device=DEV, dtype=torch.int8)
+    qweight, w_scale = gpu_weight(n, k)
+    x_scale = torch.rand(m, generator=g, device=DEV) * 0.05 + 1e-3
+    ref = reference.scaled_mm(xq, qweight, x_scale, w_scale, None, out_dtype)
+    poison = torch.full((m, n), float("nan"), device=DEV, dtype=out_dtype)
+    poisoned_ptr = poison.data_ptr()
+    del poison
+    out = int8q.scaled_mm(xq, qweight, x_scale, w_scale, None, out_dtype)
+    assert out.data_ptr() == poisoned_ptr, "the output did not reuse the poisoned block"
+    assert not out.isnan().any(), f"{int(out.isnan().sum())} of {m * n} outputs never written"
+    assert_rows_close(out, ref, extra=epilogue_magnitude(qweight, w_scale, None, None))
+
+
 @pytest.mark.parametrize("k", [MAX_K, MAX_K - 15], ids=["K=131071", "K=131056"])
 @pytest.mark.parametrize("m", [1, 17, 128], ids=lambda m: f"M={m}")
 def test_worst_case_at_max_k(m, k):

@@ -66,7 +66,11 @@ printf '%-10s %-6s %-13s %-7s %s\n' tool size result errors "cases / notes" | te
 for tool in $tools; do
   case $tool in
     memcheck)  size=full;  extra=(); has --padding && extra+=(--padding 256) ;;
-    initcheck) size=full;  extra=() ;;
+    # initcheck does not see the Hopper GEMM's TMA bulk stores as writes: copying an output
+    # they wrote in full (tests/test_cuda_kernels.py, test_scaled_mm_writes_every_output)
+    # gave 7200 "uninitialized" reports for one 64 x 136 result. The copies out of the device
+    # are therefore not checked; every kernel's reads still are.
+    initcheck) size=full;  extra=(--check-api-memory-access no) ;;
     racecheck) size=small; extra=(--kernel-name kns=int8q) ;;
     synccheck) size=small; extra=(--kernel-name kns=int8q) ;;
     *) say "sanitize.sh: unknown tool $tool"; worst 2; continue ;;
