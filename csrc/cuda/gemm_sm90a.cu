@@ -54,18 +54,23 @@
 //   call hides most of the quantizer (this GEMM's launch and its first W tiles overlap it).
 // - Epilogue (no M x N intermediate): per-row x scale (loaded at tile start), channel_terms of
 //   epilogue.cuh (double-buffered in shared memory, handed over by an mbarrier pair),
-//   apply_epilogue, then out through TMA: each consumer warp writes its 16 rows into 2 KB of
-//   shared memory one 128-byte column chunk at a time, and one lane sends the chunk with a bulk
-//   tensor store (store_band_tma) that runs on while the warp goes on. The consumers are the
-//   tensor cores' only feeders, so every cycle of epilogue is a cycle of idle tensor cores;
-//   storing pairs of outputs straight from the accumulator fragment (4 or 8 bytes on each of 8
-//   rows per instruction) took a large share of a big GEMM (H100, raw scaled_mm, same run,
-//   TOP/s before / after: 8192x28672x8192 1120 / 1386, 8192x14336x4096 1066 / 1324,
-//   8192x4096x4096 1114 / 1379; the same kernel with no epilogue stores at all: 1463, 1509,
-//   1532). A synchronous variant (stage in shared memory, then 16-byte st.global per lane) got
-//   about two thirds of the gain. What remains is the epilogue's arithmetic (a conversion and
-//   two multiplies per output), which the tensor cores still wait for. Rows that are not
-//   16-byte aligned, and 96-wide tiles, store straight from registers.
+//   apply_epilogue, then out through TMA: each consumer warp writes its 16 rows into one of
+//   three 1 KB buffers, 64 bytes of columns at a time, and one lane sends each with a bulk
+//   tensor store that runs on while the warp fills the next (store_band_tma). The consumers
+//   are the tensor cores' only feeders, so every cycle of epilogue is a cycle of idle tensor
+//   cores. Measured on an H100, raw scaled_mm, TOP/s in one run each:
+//   - storing pairs straight from the accumulator fragment (4 or 8 bytes on each of 8 rows per
+//     instruction) against one 128-byte TMA buffer per warp: 8192x28672x8192 1120 / 1386,
+//     8192x14336x4096 1066 / 1324, 8192x4096x4096 1114 / 1379; the same kernel with no output
+//     stores at all: 1463, 1509, 1532. A synchronous variant (stage in shared memory, then
+//     16-byte st.global per lane) got about two thirds of the gain.
+//   - one 128-byte buffer (the warp waits for each store to read it before the next chunk),
+//     two and three 64-byte buffers: 8192x28672x8192 1292 / 1358 / 1415, 2048x28672x8192
+//     1320 / 1361 / 1405, 2048x4096x14336 1328 / 1367 / 1408. Four do not fit beside the
+//     256-wide tiles' four stages.
+//   What remains is the epilogue's arithmetic (a conversion and two multiplies per output),
+//   which the tensor cores still wait for. Output rows that are not 16-byte aligned are
+//   stored straight from registers.
 // - Split-K (few tiles: small M): a second kernel form (kSplit) runs one work unit per CTA,
 //   with thread-block clusters of `splits` = 2 or 4 CTAs along x. The CTAs of a cluster
 //   share a tile; CTA rank s takes K tiles [s * per, min((s + 1) * per, k_tiles)) (the
@@ -115,7 +120,10 @@ namespace {
 constexpr int kBlockM = 128;
 constexpr int kBlockK = 128;  // bytes of K per stage = the 128-byte swizzle span
 constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
-constexpr int kOutBandBytes = 16 * 128;  // a consumer warp's TMA store box: 16 rows x 128 bytes
+// Epilogue TMA stores (store_band_tma): boxes of 16 rows x 64 bytes, kOutBuffers per consumer warp.
+constexpr int kOutChunkBytes = 64;
+constexpr int kOutBufferBytes = 16 * kOutChunkBytes;
+constexpr int kOutBuffers = 3;
 // kSplit: the cluster split-K kernel (header), which also holds a receive buffer for the
 // partial sums of the other CTAs of its cluster: one int32 per accumulator of the tile.
 template <int BN, bool kSplit = false>
@@ -130,10 +138,8 @@ struct TileConfig {
   static constexpr int kRecvBytes = kSplit ? kBlockM * BN * 4 : 0;
   static constexpr int kTermsBytes = 2 * 3 * BN * 4;  // 2 buffers of w_scale, shift, bias [BN]
   static constexpr int kBarrierBytes = 8 * (2 * kStages + 5);
-  // Epilogue staging for the TMA stores (store_band_tma): one 16-row x 128-byte box per
-  // consumer warp. 96-wide tiles are not a whole number of 128-byte chunks of 16-bit outputs
-  // and store from registers instead.
-  static constexpr int kOutStageBytes = BN == 96 ? 0 : 8 * kOutBandBytes;
+  // Epilogue staging for the TMA stores (store_band_tma), per consumer warp.
+  static constexpr int kOutStageBytes = 8 * kOutBuffers * kOutBufferBytes;
   // + 1 KB so the tiles can be aligned up to the 1024-byte swizzle atom.
   static constexpr int kSmemBytes = kStages * kStageBytes + kRecvBytes + kTermsBytes +
                                     kOutStageBytes + kBarrierBytes + 1024;
@@ -254,8 +260,9 @@ __device__ __forceinline__ void bulk_commit() {
   asm volatile("cp.async.bulk.commit_group;" ::: "memory");
 }
 // This thread's bulk stores have read their shared-memory source (it may be overwritten).
+template <int N = 0>
 __device__ __forceinline__ void bulk_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+  asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
 }
 // Orders this thread's generic-proxy shared-memory writes before later async-proxy reads.
 __device__ __forceinline__ void fence_proxy_async_shared() {
@@ -439,23 +446,26 @@ __device__ __forceinline__ void wgmma_s8(int32_t (&d)[32], uint64_t desc_a, uint
 }
 
 // Stores a consumer warp's 16 output rows (band_row.., the tile's columns col0..col0 + BN)
-// through its 2 KB of shared memory `band`: one 16-row x 128-byte chunk at a time, written
-// in the TMA's 128B-swizzled layout (16-byte chunk c of row r at c ^ (r % 8); the fragment
-// writes then hit 32 distinct banks for 16-bit outputs), then sent by one bulk tensor store
-// that clips rows and columns outside the output. The stores are asynchronous, so the warp
-// goes on to its next tile while they drain; before refilling `band` lane 0 waits until the
-// previous store has read it. Against storing pairs straight from the accumulator fragment
-// (4 or 8 bytes over 8 rows per instruction), this halved the epilogue's share of a large
-// GEMM (header). kPlain: no shift term and no bias (not even a + 0, as in reference.py).
+// through its kOutBuffers x 1 KB of shared memory `band`: one 16-row x 64-byte chunk at a
+// time, written in the TMA's 64B-swizzled layout (16-byte chunk c of row r at c ^ (r / 2 % 4);
+// the fragment writes then hit 32 distinct banks for 16-bit outputs) and sent by one bulk
+// tensor store that clips rows and columns outside the output. The stores are asynchronous:
+// the warp fills the next buffer while earlier ones drain, and goes on to its next tile
+// while the last ones do. Before refilling a buffer, lane 0 waits until the store that last
+// read it is done reading (at a tile's first chunk, for all of them: the previous tile's
+// stores finished long before). Against one 128-byte buffer per warp, whose store the warp
+// had to wait for before each next chunk, three 64-byte buffers made a large GEMM 5-10%
+// faster (header). kPlain: no shift term and no bias (not even a + 0, as in reference.py).
 template <int BN, bool kPlain, typename OutT, int R>
 __device__ __forceinline__ void store_band_tma(const int32_t (&acc)[R], float xs0, float xs1,
-                                               const float* terms, uint8_t* band,
-                                               const CUtensorMap* tmap_out, int col0,
-                                               int band_row, int lane) {
-  constexpr int kChunkCols = 128 / static_cast<int>(sizeof(OutT));
+                                                 const float* terms, uint8_t* band,
+                                                 const CUtensorMap* tmap_out, int col0,
+                                                 int band_row, int lane) {
+  constexpr int kChunkCols = kOutChunkBytes / static_cast<int>(sizeof(OutT));
   constexpr int kGroups = kChunkCols / 8;  // 8-column groups j per chunk
-  static_assert(BN % kChunkCols == 0, "whole 128-byte chunks per tile row");
+  static_assert(BN % kChunkCols == 0, "whole 64-byte chunks per tile row");
   const int r = lane / 4;
+  const int sw = (r >> 1) & 3;
   auto value = [&](int32_t a, float xs, int c, float ws) {
     if constexpr (kPlain) {
       return dequantize(a, xs, ws);
@@ -466,23 +476,31 @@ __device__ __forceinline__ void store_band_tma(const int32_t (&acc)[R], float xs
 #pragma unroll
   for (int j = 0; j < BN / 8; ++j) {
     const int jj = j % kGroups;
-    if (jj == 0) {
-      if (lane == 0) bulk_wait_read();
+    const int q = j / kGroups;
+    uint8_t* buf = band + (q % kOutBuffers) * kOutBufferBytes;
+    if (jj == 0 && (q == 0 || q >= kOutBuffers)) {
+      if (lane == 0) {
+        if (q == 0) {
+          bulk_wait_read<0>();
+        } else {
+          bulk_wait_read<kOutBuffers - 1>();  // the store of chunk q - kOutBuffers is done
+        }
+      }
       __syncwarp();
     }
     const int c = 8 * j + 2 * (lane % 4);
     const float2 ws = *reinterpret_cast<const float2*>(terms + c);
     const int bo = (8 * jj + 2 * (lane % 4)) * static_cast<int>(sizeof(OutT));
-    const int off = r * 128 + (((bo >> 4) ^ r) << 4) + (bo & 15);
-    store_pair(reinterpret_cast<OutT*>(band + off), value(acc[4 * j], xs0, c, ws.x),
+    const int off = r * kOutChunkBytes + (((bo >> 4) ^ sw) << 4) + (bo & 15);
+    store_pair(reinterpret_cast<OutT*>(buf + off), value(acc[4 * j], xs0, c, ws.x),
                value(acc[4 * j + 1], xs0, c + 1, ws.y));
-    store_pair(reinterpret_cast<OutT*>(band + 1024 + off), value(acc[4 * j + 2], xs1, c, ws.x),
-               value(acc[4 * j + 3], xs1, c + 1, ws.y));
+    store_pair(reinterpret_cast<OutT*>(buf + 8 * kOutChunkBytes + off),
+               value(acc[4 * j + 2], xs1, c, ws.x), value(acc[4 * j + 3], xs1, c + 1, ws.y));
     if (jj == kGroups - 1) {
       fence_proxy_async_shared();  // the generic-proxy writes, before the bulk copy reads them
       __syncwarp();
       if (lane == 0) {
-        tma_store_2d(tmap_out, smem_addr(band), col0 + (j / kGroups) * kChunkCols, band_row);
+        tma_store_2d(tmap_out, smem_addr(buf), col0 + q * kChunkCols, band_row);
         bulk_commit();
       }
     }
@@ -726,13 +744,25 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
 
-      // Epilogue from registers: rows row0 and row0 + 8; for each 8-column group j, the
+      // Epilogue: this thread holds rows row0 and row0 + 8; for each 8-column group j, the
       // column pair 8j + 2 (lane % 4) + {0, 1}.
       const int buf = it & 1;
       mbar_wait(terms_full_bar + 8 * buf, (it >> 1) & 1);
       const float* w_scale = terms + buf * 3 * BN;
-      // Straight from registers (outputs whose rows are not 16-byte aligned, 96-wide tiles).
-      auto store_direct = [&]() {
+      if (tma_out) {
+        if (tm * kBlockM + cwarp * 16 < m) {  // else all 16 rows of the warp lie past M
+          uint8_t* band = out_stage + cwarp * kOutBuffers * kOutBufferBytes;
+          const int band_row = tm * kBlockM + cwarp * 16;
+          if (plain) {
+            store_band_tma<BN, true, OutT>(acc, xs0, xs1, w_scale, band, &tmap_out, tn * BN,
+                                           band_row, lane);
+          } else {
+            store_band_tma<BN, false, OutT>(acc, xs0, xs1, w_scale, band, &tmap_out, tn * BN,
+                                            band_row, lane);
+          }
+        }
+      } else {
+        // Straight from registers (outputs whose rows are not 16-byte aligned).
         OutT* out0 = out + row0 * n;
         OutT* out1 = out0 + 8 * static_cast<int64_t>(n);
 #pragma unroll
@@ -764,23 +794,6 @@ __global__ void __launch_bounds__(kThreads, 1)
             }
           }
         }
-      };
-      if constexpr (Cfg::kOutStageBytes > 0) {
-        if (!tma_out) {
-          store_direct();
-        } else if (tm * kBlockM + cwarp * 16 < m) {  // else all 16 rows of the warp lie past M
-          uint8_t* band = out_stage + cwarp * kOutBandBytes;
-          const int band_row = tm * kBlockM + cwarp * 16;
-          if (plain) {
-            store_band_tma<BN, true, OutT>(acc, xs0, xs1, w_scale, band, &tmap_out, tn * BN,
-                                           band_row, lane);
-          } else {
-            store_band_tma<BN, false, OutT>(acc, xs0, xs1, w_scale, band, &tmap_out, tn * BN,
-                                            band_row, lane);
-          }
-        }
-      } else {
-        store_direct();
       }
       // kSplit runs one unit per CTA and only the owning warps get here: nothing to free.
       if constexpr (!kSplit) mbar_arrive(terms_empty_bar + 8 * buf);
@@ -838,8 +851,9 @@ bool encode_operand(CUtensorMap* map, const int8_t* ptr, int64_t rows, int64_t c
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+
 // The output [rows, cols] of OutT (row-major, contiguous) written from shared memory in boxes of
-// 16 rows x 128 bytes, 128B-swizzled.
+// 16 rows x 64 bytes, 64B-swizzled (store_band_tma).
 template <typename OutT>
 bool encode_output(CUtensorMap* map, OutT* ptr, int64_t rows, int64_t cols) {
   const EncodeTiledFn encode = encode_tiled_fn();
@@ -850,10 +864,10 @@ bool encode_output(CUtensorMap* map, OutT* ptr, int64_t rows, int64_t cols) {
                                           : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols * sizeof(OutT))};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(128 / sizeof(OutT)), 16};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kOutChunkBytes / sizeof(OutT)), 16};
   const cuuint32_t elem_strides[2] = {1, 1};
   return encode(map, type, 2, ptr, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
@@ -975,10 +989,10 @@ bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64
     return false;
   }
   if (!encode_operand(&tmap_w, w, n, k, k, BN)) return false;
-  // The output goes out through TMA where its rows are 16-byte aligned and the tile width is
-  // a whole number of 128-byte chunks; otherwise straight from registers (tmap_out unused).
+  // The output goes out through TMA where its rows are 16-byte aligned; otherwise straight
+  // from registers (tmap_out unused).
   CUtensorMap tmap_out = tmap_w;
-  const bool tma_out = TileConfig<BN>::kOutStageBytes > 0 && (n * sizeof(OutT)) % 16 == 0 &&
+  const bool tma_out = (n * sizeof(OutT)) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(out_ptr) % 16 == 0 &&
                        encode_output(&tmap_out, static_cast<OutT*>(out_ptr), m, n);
   const int tiles_n = static_cast<int>(ceil_div(n, BN));
