@@ -55,10 +55,11 @@
 // - Epilogue (no M x N intermediate): per-row x scale (loaded at tile start), channel_terms of
 //   epilogue.cuh (double-buffered in shared memory, handed over by an mbarrier pair),
 //   apply_epilogue, then out through TMA: each consumer warp writes its 16 rows into one of
-//   three 1 KB buffers, 64 bytes of columns at a time, and one lane sends each with a bulk
-//   tensor store that runs on while the warp fills the next (store_band_tma). The consumers
-//   are the tensor cores' only feeders, so every cycle of epilogue is a cycle of idle tensor
-//   cores. Measured on an H100, raw scaled_mm, TOP/s in one run each:
+//   three 1 KB buffers (two in the split-K form), 64 bytes of columns at a time, and one lane
+//   sends each with a bulk tensor store that runs on while the warp fills the next
+//   (store_band_tma). The consumers are the tensor cores' only feeders, so every cycle of
+//   epilogue is a cycle of idle tensor cores. Measured on an H100, raw scaled_mm, TOP/s in
+//   one run each:
 //   - storing pairs straight from the accumulator fragment (4 or 8 bytes on each of 8 rows per
 //     instruction) against one 128-byte TMA buffer per warp: 8192x28672x8192 1120 / 1386,
 //     8192x14336x4096 1066 / 1324, 8192x4096x4096 1114 / 1379; the same kernel with no output
@@ -120,10 +121,10 @@ namespace {
 constexpr int kBlockM = 128;
 constexpr int kBlockK = 128;  // bytes of K per stage = the 128-byte swizzle span
 constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
-// Epilogue TMA stores (store_band_tma): boxes of 16 rows x 64 bytes, kOutBuffers per consumer warp.
+// Epilogue TMA stores (store_band_tma): boxes of 16 rows x 64 bytes, TileConfig::kOutBuffers
+// of them per consumer warp.
 constexpr int kOutChunkBytes = 64;
 constexpr int kOutBufferBytes = 16 * kOutChunkBytes;
-constexpr int kOutBuffers = 3;
 // kSplit: the cluster split-K kernel (header), which also holds a receive buffer for the
 // partial sums of the other CTAs of its cluster: one int32 per accumulator of the tile.
 template <int BN, bool kSplit = false>
@@ -139,6 +140,10 @@ struct TileConfig {
   static constexpr int kTermsBytes = 2 * 3 * BN * 4;  // 2 buffers of w_scale, shift, bias [BN]
   static constexpr int kBarrierBytes = 8 * (2 * kStages + 5);
   // Epilogue staging for the TMA stores (store_band_tma), per consumer warp.
+  // Three let a long GEMM's stores drain while the warp fills the next (store_band_tma). The
+  // split-K kernel (small M, one tile per CTA) keeps two: with three, matmul at 14336x4096,
+  // M = 32..128, ran 1-1.6 us slower on an H100 (raw scaled_mm unchanged).
+  static constexpr int kOutBuffers = kSplit ? 2 : 3;
   static constexpr int kOutStageBytes = 8 * kOutBuffers * kOutBufferBytes;
   // + 1 KB so the tiles can be aligned up to the 1024-byte swizzle atom.
   static constexpr int kSmemBytes = kStages * kStageBytes + kRecvBytes + kTermsBytes +
@@ -446,7 +451,7 @@ __device__ __forceinline__ void wgmma_s8(int32_t (&d)[32], uint64_t desc_a, uint
 }
 
 // Stores a consumer warp's 16 output rows (band_row.., the tile's columns col0..col0 + BN)
-// through its kOutBuffers x 1 KB of shared memory `band`: one 16-row x 64-byte chunk at a
+// through its kBuffers x 1 KB of shared memory `band`: one 16-row x 64-byte chunk at a
 // time, written in the TMA's 64B-swizzled layout (16-byte chunk c of row r at c ^ (r / 2 % 4);
 // the fragment writes then hit 32 distinct banks for 16-bit outputs) and sent by one bulk
 // tensor store that clips rows and columns outside the output. The stores are asynchronous:
@@ -456,7 +461,7 @@ __device__ __forceinline__ void wgmma_s8(int32_t (&d)[32], uint64_t desc_a, uint
 // stores finished long before). Against one 128-byte buffer per warp, whose store the warp
 // had to wait for before each next chunk, three 64-byte buffers made a large GEMM 5-10%
 // faster (header). kPlain: no shift term and no bias (not even a + 0, as in reference.py).
-template <int BN, bool kPlain, typename OutT, int R>
+template <int BN, int kBuffers, bool kPlain, typename OutT, int R>
 __device__ __forceinline__ void store_band_tma(const int32_t (&acc)[R], float xs0, float xs1,
                                                  const float* terms, uint8_t* band,
                                                  const CUtensorMap* tmap_out, int col0,
@@ -477,13 +482,13 @@ __device__ __forceinline__ void store_band_tma(const int32_t (&acc)[R], float xs
   for (int j = 0; j < BN / 8; ++j) {
     const int jj = j % kGroups;
     const int q = j / kGroups;
-    uint8_t* buf = band + (q % kOutBuffers) * kOutBufferBytes;
-    if (jj == 0 && (q == 0 || q >= kOutBuffers)) {
+    uint8_t* buf = band + (q % kBuffers) * kOutBufferBytes;
+    if (jj == 0 && (q == 0 || q >= kBuffers)) {
       if (lane == 0) {
         if (q == 0) {
           bulk_wait_read<0>();
         } else {
-          bulk_wait_read<kOutBuffers - 1>();  // the store of chunk q - kOutBuffers is done
+          bulk_wait_read<kBuffers - 1>();  // the store of chunk q - kBuffers is done
         }
       }
       __syncwarp();
@@ -751,14 +756,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       const float* w_scale = terms + buf * 3 * BN;
       if (tma_out) {
         if (tm * kBlockM + cwarp * 16 < m) {  // else all 16 rows of the warp lie past M
-          uint8_t* band = out_stage + cwarp * kOutBuffers * kOutBufferBytes;
+          uint8_t* band = out_stage + cwarp * Cfg::kOutBuffers * kOutBufferBytes;
           const int band_row = tm * kBlockM + cwarp * 16;
+          constexpr int kBuf = Cfg::kOutBuffers;
           if (plain) {
-            store_band_tma<BN, true, OutT>(acc, xs0, xs1, w_scale, band, &tmap_out, tn * BN,
-                                           band_row, lane);
+            store_band_tma<BN, kBuf, true, OutT>(acc, xs0, xs1, w_scale, band, &tmap_out, tn * BN,
+                                                 band_row, lane);
           } else {
-            store_band_tma<BN, false, OutT>(acc, xs0, xs1, w_scale, band, &tmap_out, tn * BN,
-                                            band_row, lane);
+            store_band_tma<BN, kBuf, false, OutT>(acc, xs0, xs1, w_scale, band, &tmap_out, tn * BN,
+                                                  band_row, lane);
           }
         }
       } else {
