@@ -257,9 +257,9 @@ def test_scaled_mm_unit_scales_exact(rng, m, kn):
     assert torch.equal(out.cpu(), exact)
 
 
-# (M, K, N): the Hopper GEMM's tile plans with TMA-stored output (N a multiple of 8), row and
-# column tails of their tiles, 96-wide tiles (stored from registers), and the mma.sync path
-# elsewhere.
+# (M, K, N): the Hopper GEMM's tile plans, whose output goes out through TMA stores (rows of
+# 16-byte multiples), with row and column tails of their tiles and 96-wide tiles; the
+# mma.sync path on other GPUs.
 WRITE_ALL_CASES = [(64, 4096, 136), (17, 4096, 4104), (1000, 1024, 4096), (300, 4096, 4096),
                    (129, 272, 8), (4096, 512, 264), (200, 4096, 4096), (2100, 256, 1032)]
 

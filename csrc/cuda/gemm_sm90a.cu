@@ -463,9 +463,9 @@ __device__ __forceinline__ void wgmma_s8(int32_t (&d)[32], uint64_t desc_a, uint
 // faster (header). kPlain: no shift term and no bias (not even a + 0, as in reference.py).
 template <int BN, int kBuffers, bool kPlain, typename OutT, int R>
 __device__ __forceinline__ void store_band_tma(const int32_t (&acc)[R], float xs0, float xs1,
-                                                 const float* terms, uint8_t* band,
-                                                 const CUtensorMap* tmap_out, int col0,
-                                                 int band_row, int lane) {
+                                               const float* terms, uint8_t* band,
+                                               const CUtensorMap* tmap_out, int col0,
+                                               int band_row, int lane) {
   constexpr int kChunkCols = kOutChunkBytes / static_cast<int>(sizeof(OutT));
   constexpr int kGroups = kChunkCols / 8;  // 8-column groups j per chunk
   static_assert(BN % kChunkCols == 0, "whole 64-byte chunks per tile row");
@@ -856,7 +856,6 @@ bool encode_operand(CUtensorMap* map, const int8_t* ptr, int64_t rows, int64_t c
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 
 // The output [rows, cols] of OutT (row-major, contiguous) written from shared memory in boxes of
 // 16 rows x 64 bytes, 64B-swizzled (store_band_tma).
