@@ -40,7 +40,23 @@
 //   (pairs of row tiles sharing each W tile at large M, pairs of column tiles sharing each A
 //   tile at small M). Bit-identical, but no faster on an H200 (raw 8192x28672x8192: 2987 us
 //   against 2901 without; 4096x4096 M = 256: 14.8 against 13.7): L2 traffic does not seem
-//   to be what limits this kernel.
+//   to be what limits this kernel. Tried again with the TMA-store epilogue (pairs of row tiles,
+//   each CTA loading half of every W tile for both, a stage freed by both CTAs' consumers
+//   through remote mbarrier arrivals): bit-identical, and 901 against 1643 TOP/s (H100,
+//   8192x28672x8192). Nsight Compute (H200, 4096x28672x8192): tensor pipe 58% busy against
+//   90% without, warps stalled on memory barriers for 36% of their cycles (the remote arrivals
+//   are cluster-scope releases; a cheaper arrival was not tried: with the tensor pipe 90% busy
+//   without multicast, it has little to gain).
+//   Nsight Compute on this kernel as it is (H200, raw 4096x28672x8192, fp16 out): tensor pipe
+//   90% busy, L2 55%, DRAM 16%. The main loop is bound by the tensor cores; the other 10% is
+//   the epilogue and the pipeline's fill, and a card's sustained clock sets the rest (the same
+//   call ran at 1522 and 1643 TOP/s on two H100s).
+//   Also tried and left out: ping-pong consumers (each warpgroup a whole 64 x 256 unit, its
+//   epilogue under the other warpgroup's main loop, the two main loops taking turns through
+//   an mbarrier pair). Bit-identical, but 926 against 1522 TOP/s (H100, 8192x28672x8192) and
+//   slower at every large shape: one warpgroup's wgmma stream keeps the tensor cores less busy
+//   than two at once, and 64-row units load 40 KB per 64 x 256 x 128 step against 48 KB per
+//   128 x 256 x 128.
 //   Also tried and left out: a quantizing form for matmul at 3 <= M <= 64 (one cooperative
 //   launch: each CTA first quantized one row of x into global codes with quantize_rows' code,
 //   arrived on a one-way grid barrier built on the cooperative launch's workspace word, and
@@ -86,6 +102,9 @@
 //   the first kStages stages and issues their W tiles before pdl_wait(), so the weight stream
 //   starts while the quantizer still runs; the producer adds the A tiles after the wait.
 //   (H100/H200: 0.2-0.6 us off a matmul call at M <= 512, against the same call without.)
+//   Also prefetching the first unit's remaining W tiles into L2 there was slower at every M
+//   of 16..1024 on the four LLM shapes (H200, matmul with the weights rotated out of L2:
+//   4096x4096 M = 128 13.2 us without, 13.5 / 14.2 with 96 / 256 KB per CTA).
 //   A long matmul GEMM is launched without PDL (run_typed): it then starts once the
 //   quantizer has finished, and these loads simply come first.
 //
