@@ -469,6 +469,26 @@ __device__ __forceinline__ void wgmma_s8(int32_t (&d)[32], uint64_t desc_a, uint
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
+// The outputs of accumulator group j of a consumer thread (a0..a3 = acc[4j .. 4j + 3]: rows
+// r and r + 8, columns c and c + 1 of the tile), from the tile's channel terms in shared
+// memory ([w_scale | shift | bias] x BN, c even). kPlain: no shift term and no bias, not even
+// a + 0 (reference.py adds neither), so a -0 product stays -0.
+template <int BN, bool kPlain>
+__device__ __forceinline__ float4 group_outputs(int32_t a0, int32_t a1, int32_t a2, int32_t a3,
+                                                float xs0, float xs1, const float* terms, int c) {
+  const float2 ws = *reinterpret_cast<const float2*>(terms + c);
+  if constexpr (kPlain) {
+    return make_float4(dequantize(a0, xs0, ws.x), dequantize(a1, xs0, ws.y),
+                       dequantize(a2, xs1, ws.x), dequantize(a3, xs1, ws.y));
+  } else {
+    const float2 sh = *reinterpret_cast<const float2*>(terms + BN + c);
+    const float2 b = *reinterpret_cast<const float2*>(terms + 2 * BN + c);
+    const ChannelTerms t0{ws.x, sh.x, b.x}, t1{ws.y, sh.y, b.y};
+    return make_float4(apply_epilogue(a0, xs0, t0), apply_epilogue(a1, xs0, t1),
+                       apply_epilogue(a2, xs1, t0), apply_epilogue(a3, xs1, t1));
+  }
+}
+
 // Stores a consumer warp's 16 output rows (band_row.., the tile's columns col0..col0 + BN)
 // through its kBuffers x 1 KB of shared memory `band`: one 16-row x 64-byte chunk at a
 // time, written in the TMA's 64B-swizzled layout (16-byte chunk c of row r at c ^ (r / 2 % 4);
@@ -490,13 +510,6 @@ __device__ __forceinline__ void store_band_tma(const int32_t (&acc)[R], float xs
   static_assert(BN % kChunkCols == 0, "whole 64-byte chunks per tile row");
   const int r = lane / 4;
   const int sw = (r >> 1) & 3;
-  auto value = [&](int32_t a, float xs, int c, float ws) {
-    if constexpr (kPlain) {
-      return dequantize(a, xs, ws);
-    } else {
-      return apply_epilogue(a, xs, ChannelTerms{ws, terms[BN + c], terms[2 * BN + c]});
-    }
-  };
 #pragma unroll
   for (int j = 0; j < BN / 8; ++j) {
     const int jj = j % kGroups;
@@ -512,14 +525,13 @@ __device__ __forceinline__ void store_band_tma(const int32_t (&acc)[R], float xs
       }
       __syncwarp();
     }
-    const int c = 8 * j + 2 * (lane % 4);
-    const float2 ws = *reinterpret_cast<const float2*>(terms + c);
+    const float4 v = group_outputs<BN, kPlain>(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2],
+                                               acc[4 * j + 3], xs0, xs1, terms,
+                                               8 * j + 2 * (lane % 4));
     const int bo = (8 * jj + 2 * (lane % 4)) * static_cast<int>(sizeof(OutT));
     const int off = r * kOutChunkBytes + (((bo >> 4) ^ sw) << 4) + (bo & 15);
-    store_pair(reinterpret_cast<OutT*>(buf + off), value(acc[4 * j], xs0, c, ws.x),
-               value(acc[4 * j + 1], xs0, c + 1, ws.y));
-    store_pair(reinterpret_cast<OutT*>(buf + 8 * kOutChunkBytes + off),
-               value(acc[4 * j + 2], xs1, c, ws.x), value(acc[4 * j + 3], xs1, c + 1, ws.y));
+    store_pair(reinterpret_cast<OutT*>(buf + off), v.x, v.y);
+    store_pair(reinterpret_cast<OutT*>(buf + 8 * kOutChunkBytes + off), v.z, v.w);
     if (jj == kGroups - 1) {
       fence_proxy_async_shared();  // the generic-proxy writes, before the bulk copy reads them
       __syncwarp();
@@ -796,14 +808,12 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int col = tn * BN + c;
           if (col < n) {
             const bool has1 = col + 1 < n;
-            const float2 ws = *reinterpret_cast<const float2*>(w_scale + c);
-            const float2 sh = *reinterpret_cast<const float2*>(w_scale + BN + c);
-            const float2 b = *reinterpret_cast<const float2*>(w_scale + 2 * BN + c);
-            const ChannelTerms t0{ws.x, sh.x, b.x}, t1{ws.y, sh.y, b.y};
-            const float v00 = apply_epilogue(acc[4 * j + 0], xs0, t0);
-            const float v01 = apply_epilogue(acc[4 * j + 1], xs0, t1);
-            const float v10 = apply_epilogue(acc[4 * j + 2], xs1, t0);
-            const float v11 = apply_epilogue(acc[4 * j + 3], xs1, t1);
+            const float4 v =
+                plain ? group_outputs<BN, true>(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2],
+                                                acc[4 * j + 3], xs0, xs1, w_scale, c)
+                      : group_outputs<BN, false>(acc[4 * j], acc[4 * j + 1], acc[4 * j + 2],
+                                                 acc[4 * j + 3], xs0, xs1, w_scale, c);
+            const float v00 = v.x, v01 = v.y, v10 = v.z, v11 = v.w;
             if (vec2 && has1) {
               if (in0) store_pair(out0 + col, v00, v01);
               if (in1) store_pair(out1 + col, v10, v11);
