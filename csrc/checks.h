@@ -132,16 +132,33 @@ inline void check_quantize_weight(const at::Tensor& weight) {
   check_k("quantize_weight", weight.size(1));
 }
 
+// The shift term's weight sums, passed in instead of computed per call: int32 [N] on
+// qweight's device, and only with a shift (they mean nothing without one).
+inline void check_w_sum(const char* op, const c10::optional<at::Tensor>& w_sum,
+                        const c10::optional<at::Tensor>& x_shift, const at::Tensor& qweight) {
+  if (!w_sum.has_value()) return;
+  TORCH_CHECK(x_shift.has_value(), "int8q.", op,
+              ": w_sum (the weight sums of the shift term) is only used with x_shift; pass both "
+              "or neither");
+  TORCH_CHECK(w_sum->scalar_type() == at::kInt, "int8q.", op,
+              ": w_sum must be int32 (qweight.sum(1, dtype=torch.int32)), got ", w_sum->scalar_type());
+  TORCH_CHECK(w_sum->dim() == 1 && w_sum->numel() == qweight.size(0), "int8q.", op,
+              ": w_sum must have shape [N] = [", qweight.size(0), "], got ", w_sum->sizes());
+  check_same_device(op, "w_sum", *w_sum, qweight, "qweight");
+}
+
 inline void check_matmul(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& w_scale,
                          const c10::optional<at::Tensor>& x_scale,
                          const c10::optional<at::Tensor>& x_shift,
                          const c10::optional<at::Tensor>& bias,
-                         const c10::optional<at::Tensor>& x_smooth) {
+                         const c10::optional<at::Tensor>& x_smooth,
+                         const c10::optional<at::Tensor>& w_sum) {
   check_activation_args("matmul", x, x_scale, x_shift);
   check_qweight("matmul", qweight, x, "x");
   check_smooth("matmul", x_smooth, x);
   check_w_scale("matmul", w_scale, qweight);
   check_bias("matmul", bias, qweight);
+  check_w_sum("matmul", w_sum, x_shift, qweight);
 }
 
 inline void check_scaled_mm(const at::Tensor& xq, const at::Tensor& qweight,

@@ -16,7 +16,8 @@ at::Tensor matmul_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
                       const c10::optional<at::Tensor>& x_scale,
                       const c10::optional<at::Tensor>& x_shift,
                       const c10::optional<at::Tensor>& bias,
-                      const c10::optional<at::Tensor>& x_smooth);
+                      const c10::optional<at::Tensor>& x_smooth,
+                      const c10::optional<at::Tensor>& w_sum);
 at::Tensor scaled_mm_cpu(const at::Tensor& xq, const at::Tensor& qweight, const at::Tensor& x_scale,
                          const at::Tensor& w_scale, const c10::optional<at::Tensor>& bias,
                          c10::optional<at::ScalarType> out_dtype);

@@ -35,9 +35,13 @@ TORCH_LIBRARY(int8q, m) {
   // The fused W8A8 linear: quantize x' = x * x_smooth (x when x_smooth is None; dynamic per
   // row, or static with optional shift), int8 x int8 -> exact int32, dequantize
   // (x_scale * w_scale [+ shift term]) + bias, returned as [..., N] in x.dtype.
+  // The shift term of channel n is x_shift * w_scale[n] * w_sum[n], w_sum[n] = sum_k
+  // qweight[n, k]. w_sum (int32 [N], only with x_shift) passes those sums in, saving the pass
+  // over the weights that computes them otherwise on every call (QuantLinear keeps them).
+  // They are used as given, not checked against qweight.
   m.def(
       "matmul(Tensor x, Tensor qweight, Tensor w_scale, Tensor? x_scale=None, Tensor? x_shift=None, "
-      "Tensor? bias=None, Tensor? x_smooth=None) -> Tensor");
+      "Tensor? bias=None, Tensor? x_smooth=None, Tensor? w_sum=None) -> Tensor");
 
   // The same product for activations that are already int8 codes:
   // out = (xq @ qweight^T) * x_scale[m] * w_scale[n] + bias[n], out_dtype default float32.

@@ -31,6 +31,7 @@ def _inputs(device):
         row_scale=torch.rand(M, generator=g).add(0.01).to(device),
         bias=torch.randn(N, generator=g).to(device),
         x_smooth=torch.rand(K, generator=g).add(0.5).to(device),
+        w_sum=torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).sum(1, dtype=torch.int32).to(device),
     )
 
 
@@ -44,7 +45,7 @@ def _quantize_activation(a):
 
 def _matmul(a):
     return ops.matmul(a["x"], a["qweight"], a["w_scale"], a.get("x_scale_mm"), a.get("x_shift_mm"), a.get("bias_mm"),
-                      a.get("x_smooth_mm"))
+                      a.get("x_smooth_mm"), a.get("w_sum_mm"))
 
 
 def _scaled_mm(a):
@@ -127,6 +128,16 @@ CASES = [
      r"x_shift must hold exactly one element .*got shape \[1, 2\]"),
     ("matmul", "x_shift_without_x_scale", lambda a: a.update(x_shift_mm=a["x_shift"]),
      r"x_shift needs a static x_scale"),
+    ("matmul", "w_sum_without_x_shift", lambda a: a.update(x_scale_mm=a["x_scale"], w_sum_mm=a["w_sum"]),
+     r"w_sum \(the weight sums of the shift term\) is only used with x_shift"),
+    ("matmul", "w_sum_int64", lambda a: a.update(x_scale_mm=a["x_scale"], x_shift_mm=a["x_shift"], w_sum_mm=a["w_sum"].long()),
+     r"w_sum must be int32 \(qweight.sum\(1, dtype=torch.int32\)\), got Long"),
+    ("matmul", "w_sum_float", lambda a: a.update(x_scale_mm=a["x_scale"], x_shift_mm=a["x_shift"], w_sum_mm=a["w_sum"].float()),
+     r"w_sum must be int32 .*got Float"),
+    ("matmul", "w_sum_wrong_length", lambda a: a.update(x_scale_mm=a["x_scale"], x_shift_mm=a["x_shift"], w_sum_mm=a["w_sum"][:5]),
+     r"w_sum must have shape \[N\] = \[6\], got \[5\]"),
+    ("matmul", "w_sum_2d", lambda a: a.update(x_scale_mm=a["x_scale"], x_shift_mm=a["x_shift"], w_sum_mm=a["w_sum"][None]),
+     r"w_sum must have shape \[N\] = \[6\], got \[1, 6\]"),
     ("scaled_mm", "x_scale_wrong_numel", lambda a: a.update(row_scale=a["row_scale"][:3]),
      r"x_scale must hold one scale per row of xq \(4 elements.*got shape \[3\]"),
     ("scaled_mm", "x_scale_too_many", lambda a: a.update(row_scale=torch.ones(N, device=a["x"].device)),
@@ -354,6 +365,9 @@ DEVICE_CASES = [
      r"x_smooth is on {other} but x is on {dev}; all tensors must be on one device"),
     ("quantize_activation", "x_smooth", lambda a, o: (a["x"], None, None, o(a["x_smooth"])),
      r"x_smooth is on {other} but x is on {dev}; all tensors must be on one device"),
+    ("matmul", "w_sum", lambda a, o: (a["x"], a["qweight"], a["w_scale"], a["x_scale"], a["x_shift"], None, None,
+                                      o(a["w_sum"])),
+     r"w_sum is on {other} but qweight is on {dev}; all tensors must be on one device"),
 ]
 _DEVICE_IDS = [f"{c[0]}-{c[1]}" for c in DEVICE_CASES]
 

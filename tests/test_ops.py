@@ -136,6 +136,17 @@ def test_opcheck_scaled_mm(device, rng, mkn, per_row, bias, out_dtype):
     torch.library.opcheck(ops.scaled_mm.default, (xq, qweight, x_scale, w_scale), {"bias": b, "out_dtype": out_dtype})
 
 
+@no_autograd_warning
+@pytest.mark.parametrize("mkn", [(5, 17, 7), ((2, 3), 32, 8), (0, 16, 4)], ids=str)
+def test_opcheck_matmul_with_w_sum(device, rng, mkn):
+    m, k, n = mkn
+    x = activation(rng, _xshape(m, k), dtype=torch.float16, device=device).requires_grad_()
+    qweight, w_scale = quantized_weight(rng, n, k, device)
+    x_scale, x_shift = static_params("shifted", device)
+    w_sum = qweight.sum(1, dtype=torch.int32)
+    torch.library.opcheck(ops.matmul.default, (x, qweight, w_scale, x_scale, x_shift, None, None, w_sum))
+
+
 def test_opcheck_matmul_cpu_scale_with_device_input(device, rng):
     # A static scale/shift may live on the CPU whatever x's device (read without a sync).
     x = activation(rng, (4, 32), dtype=torch.float16, device=device)
@@ -332,6 +343,28 @@ def test_matmul_matches_reference(device, rng, mkn, dtype, mode, per_channel, bi
     x_scale, x_shift = static_params(mode, device)
     b = None if bias is None else random_bias(rng, n, dtype if bias == "same" else torch.float32, device)
     _check_matmul(x, qweight, w_scale, x_scale, x_shift, b)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("mkn", [(1, 64, 24), (3, 40, 7), (17, 4096, 136), (300, 256, 520)], ids=str)
+def test_matmul_given_w_sum_equals_computed(device, rng, mkn, dtype):
+    # w_sum passed in replaces the per-call pass over the weights: same bits. A different
+    # w_sum changes the shift term as reference.py says (it is used as given).
+    m, k, n = mkn
+    x = activation(rng, (m, k), dtype=dtype, device=device, offset=0.25)
+    qweight, w_scale = quantized_weight(rng, n, k, device, zero_row=True)
+    x_scale, x_shift = static_params("shifted", device)
+    b = random_bias(rng, n, dtype, device)
+    w_sum = qweight.sum(1, dtype=torch.int32)
+    computed = int8q.matmul(x, qweight, w_scale, x_scale, x_shift, b)
+    given = int8q.matmul(x, qweight, w_scale, x_scale, x_shift, b, w_sum=w_sum)
+    assert torch.equal(given, computed)
+    other = w_sum + 1000 * torch.arange(1, n + 1, dtype=torch.int32, device=device)
+    out = int8q.matmul(x, qweight, w_scale, x_scale, x_shift, b, w_sum=other)
+    ref = reference.matmul(x, qweight, w_scale, x_scale, x_shift, b, w_sum=other)
+    shift_term = (x_shift.double() * w_scale.double() * other.double()).abs().max()
+    assert_rows_close(out, ref, extra=float(shift_term) + float(b.float().abs().max()))
+    assert not torch.equal(out, computed)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -159,6 +159,31 @@ def test_smoothed_from_linear_computes_the_same_function(device):
     assert torch.equal(linear.weight, weight)  # the Linear is not modified
 
 
+def test_shifted_layer_keeps_weight_sums(device):
+    # The shift term's weight sums are computed once, not per call, and never go stale:
+    # from_linear and load_state_dict recompute them; a direct write calls update_weight_sums.
+    torch.manual_seed(0)
+    dtype = float_dtypes(device)[0]
+    linear = nn.Linear(96, 40).to(device=device, dtype=dtype)
+    layer = QuantLinear.from_linear(linear, act="static", act_scale=0.05, act_shift=0.1)
+    assert layer.w_sum.dtype == torch.int32
+    assert torch.equal(layer.w_sum, layer.qweight.sum(1, dtype=torch.int32))
+    assert "w_sum" not in layer.state_dict()  # derived from qweight: checkpoints are unchanged
+    x = torch.randn(5, 96, device=device, dtype=dtype) + 0.2
+    summed_per_call = int8q.matmul(x, layer.qweight, layer.w_scale, layer.act_scale, layer.act_shift, layer.bias)
+    assert torch.equal(layer(x), summed_per_call)
+    fresh = QuantLinear(96, 40, act="static", shifted=True, device=device, dtype=dtype)
+    buffer = fresh.w_sum
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.w_sum is buffer and torch.equal(fresh.w_sum, layer.w_sum)  # updated in place
+    assert torch.equal(fresh(x), layer(x))
+    with torch.no_grad():
+        fresh.qweight.neg_()
+    fresh.update_weight_sums()
+    assert torch.equal(fresh.w_sum, -layer.w_sum)
+    assert QuantLinear(96, 40).w_sum is None and QuantLinear(96, 40, act="static").w_sum is None
+
+
 def test_smoothed_state_dict_round_trip(device):
     dtype = float_dtypes(device)[0]
     linear, x, smooth = _outlier_case(device, dtype)

@@ -72,6 +72,7 @@ class OpCase:
     # x_smooth of matmul / quantize_activation: "none"; "random" (log-uniform in [1/64, 64]);
     # "offset" (the same, in a view 4 bytes past 16-byte alignment: the scalar-load path).
     smooth: str = "none"
+    w_sum: bool = False  # matmul, shift mode: pass qweight's row sums instead of having them summed
     seed: int = 0
 
     @property
@@ -98,6 +99,8 @@ class OpCase:
             parts.append(f"scale_on={'cpu' if self.scale_on_cpu else 'device'}")
         if self.smooth != "none":
             parts.append(f"smooth={self.smooth}")
+        if self.w_sum:
+            parts.append("w_sum=given")
         return " ".join(parts)
 
     def macs(self) -> int:
@@ -292,6 +295,8 @@ def build(case: OpCase, device) -> Dict[str, object]:
 
     qw = code_rows(case.n, case.k, case.w_data, g, device)
     args["qweight"] = place(qw, (case.n,), case.w_layout, rng)
+    if case.w_sum:
+        args["w_sum"] = qw.sum(1, dtype=torch.int32)
     if case.per_channel:
         ws = torch.ones(case.n, device=device) if rng.random() < 0.1 else 10.0 ** (_rand((case.n,), g, device) * 3 - 4)
     else:
@@ -315,7 +320,7 @@ def run(case: OpCase, args: Dict[str, object]):
     a = args
     if case.op == "matmul":
         return int8q.ops.matmul(a["x"], a["qweight"], a["w_scale"], a.get("x_scale"), a.get("x_shift"), a.get("bias"),
-                                a.get("x_smooth"))
+                                a.get("x_smooth"), a.get("w_sum"))
     if case.op == "scaled_mm":
         return int8q.ops.scaled_mm(a["xq"], a["qweight"], a["x_scale"], a["w_scale"], a.get("bias"), a["out_dtype"])
     if case.op == "quantize_activation":
@@ -328,7 +333,7 @@ def expected(case: OpCase, args: Dict[str, object]):
     a = args
     if case.op == "matmul":
         return reference.matmul(a["x"].float(), a["qweight"], a["w_scale"], a.get("x_scale"), a.get("x_shift"),
-                                a.get("bias"), a.get("x_smooth"))
+                                a.get("bias"), a.get("x_smooth"), a.get("w_sum"))
     if case.op == "scaled_mm":
         return reference.scaled_mm(a["xq"], a["qweight"], a["x_scale"], a["w_scale"], a.get("bias"), torch.float32)
     if case.op == "quantize_activation":
@@ -541,4 +546,6 @@ def sample_case(rng: random.Random, seed: int, max_macs: int, max_macs_generic: 
         case.layout = "contiguous"
     if op in ("matmul", "quantize_activation") and rng.random() < 0.2:
         case.smooth = rng.choice(("random", "random", "offset"))
+    if op == "matmul" and mode == "shift" and rng.random() < 0.5:
+        case.w_sum = True
     return case

@@ -51,11 +51,13 @@ int32_t dot_i8(const int8_t* a, const int8_t* b, int64_t k) {
   return acc;
 }
 
-// out[m, n] = acc * x_scale[m] * w_scale[n] (+ shift * w_scale[n] * w_sum[n]) (+ bias[n])
+// out[m, n] = acc * x_scale[m] * w_scale[n] (+ shift * w_scale[n] * w_sum[n]) (+ bias[n]);
+// the weight sums are computed here unless given (given_w_sum, int32 [N]).
 at::Tensor gemm_dequant(const int8_t* a, const float* x_scale, bool x_scale_per_row, int64_t m,
                         const at::Tensor& qweight, const at::Tensor& w_scale,
                         const float* shift, const c10::optional<at::Tensor>& bias,
-                        std::vector<int64_t> out_shape, at::ScalarType out_dtype) {
+                        std::vector<int64_t> out_shape, at::ScalarType out_dtype,
+                        const c10::optional<at::Tensor>& given_w_sum = c10::nullopt) {
   const int64_t n = qweight.size(0), k = qweight.size(1);
   const at::Tensor w = qweight.contiguous();
   const at::Tensor ws = w_scale.contiguous();
@@ -66,7 +68,10 @@ at::Tensor gemm_dequant(const int8_t* a, const float* x_scale, bool x_scale_per_
   const float* bp = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
 
   std::vector<int32_t> w_sum;
-  if (shift) {
+  if (shift && given_w_sum.has_value()) {
+    const at::Tensor g = given_w_sum->contiguous();
+    w_sum.assign(g.data_ptr<int32_t>(), g.data_ptr<int32_t>() + n);
+  } else if (shift) {
     w_sum.resize(n);
     for (int64_t j = 0; j < n; ++j) {
       int32_t s = 0;
@@ -153,8 +158,9 @@ at::Tensor matmul_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
                       const c10::optional<at::Tensor>& x_scale,
                       const c10::optional<at::Tensor>& x_shift,
                       const c10::optional<at::Tensor>& bias,
-                      const c10::optional<at::Tensor>& x_smooth) {
-  check_matmul(x, qweight, w_scale, x_scale, x_shift, bias, x_smooth);
+                      const c10::optional<at::Tensor>& x_smooth,
+                      const c10::optional<at::Tensor>& w_sum) {
+  check_matmul(x, qweight, w_scale, x_scale, x_shift, bias, x_smooth, w_sum);
   const int64_t k = qweight.size(1);
   const at::Tensor xf = x.to(at::kFloat).contiguous();
   const at::Tensor sm = x_smooth.has_value() ? x_smooth->contiguous() : at::Tensor();
@@ -168,7 +174,7 @@ at::Tensor matmul_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::
                 codes.data(), row_scale.data());
   return gemm_dequant(codes.data(), row_scale.data(), true, m, qweight, w_scale,
                       x_shift.has_value() ? &sh : nullptr, bias,
-                      output_shape(x, qweight.size(0)), x.scalar_type());
+                      output_shape(x, qweight.size(0)), x.scalar_type(), w_sum);
 }
 
 at::Tensor scaled_mm_cpu(const at::Tensor& xq, const at::Tensor& qweight, const at::Tensor& x_scale,

@@ -151,8 +151,9 @@ at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& qweight, const at:
                        const c10::optional<at::Tensor>& x_scale,
                        const c10::optional<at::Tensor>& x_shift,
                        const c10::optional<at::Tensor>& bias,
-                       const c10::optional<at::Tensor>& x_smooth) {
-  check_matmul(x, qweight, w_scale, x_scale, x_shift, bias, x_smooth);
+                       const c10::optional<at::Tensor>& x_smooth,
+                       const c10::optional<at::Tensor>& w_sum_in) {
+  check_matmul(x, qweight, w_scale, x_scale, x_shift, bias, x_smooth, w_sum_in);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t n = qweight.size(0), k = qweight.size(1);
   const int64_t m = x.numel() / k;
@@ -169,8 +170,12 @@ at::Tensor matmul_cuda(const at::Tensor& x, const at::Tensor& qweight, const at:
   const StaticParam scale = static_param(x_scale), shift = static_param(x_shift);
   at::Tensor w_sum;
   if (shift.present) {
-    w_sum = at::empty({n}, x.options().dtype(at::kInt));
-    weight_sums(w.data_ptr<int8_t>(), n, k, w_sum.data_ptr<int32_t>(), stream);
+    if (w_sum_in.has_value()) {
+      w_sum = w_sum_in->contiguous();  // given: no pass over the weights
+    } else {
+      w_sum = at::empty({n}, x.options().dtype(at::kInt));
+      weight_sums(w.data_ptr<int8_t>(), n, k, w_sum.data_ptr<int32_t>(), stream);
+    }
     ep.w_sum = w_sum.data_ptr<int32_t>();
     ep.shift = shift;
   }

@@ -56,7 +56,11 @@ class QuantLinear(nn.Module):
 
     Buffers: ``qweight`` int8 ``[out, in]``, ``w_scale`` float32 ``[out]`` or ``[1]``,
     ``bias``, for static activations ``act_scale`` (and ``act_shift``) float32 ``[1]``, and
-    when smoothed ``smooth`` float32 ``[in]``.
+    when smoothed ``smooth`` float32 ``[in]``. When shifted, also ``w_sum`` int32 ``[out]``,
+    the row sums of ``qweight`` that the shift term needs: kept so that a call does not sum
+    the weights again, left out of the state dict and recomputed by :meth:`from_linear` and
+    ``load_state_dict``. Code that writes ``qweight`` any other way must call
+    :meth:`update_weight_sums` afterwards.
     """
 
     def __init__(
@@ -99,8 +103,12 @@ class QuantLinear(nn.Module):
             self.act_scale = None
         if shifted:
             self.register_buffer("act_shift", torch.zeros(1, dtype=torch.float32, device=device))
+            self.register_buffer(
+                "w_sum", torch.zeros(out_features, dtype=torch.int32, device=device), persistent=False
+            )
         else:
             self.act_shift = None
+            self.w_sum = None
         if smoothed:
             self.register_buffer("smooth", torch.ones(in_features, dtype=torch.float32, device=device))
         else:
@@ -153,6 +161,7 @@ class QuantLinear(nn.Module):
             layer.smooth.copy_(smooth)
         qweight, w_scale = torch.ops.int8q.quantize_weight(weight, per_channel)
         layer.qweight.copy_(qweight)
+        layer.update_weight_sums()
         layer.w_scale.copy_(w_scale)
         if linear.bias is not None:
             layer.bias.copy_(linear.bias.detach())
@@ -179,6 +188,21 @@ class QuantLinear(nn.Module):
                 raise ValueError(f"QuantLinear: act_shift must be finite, got {shift.item()}")
             self.act_shift.copy_(shift)
 
+    @torch.no_grad()
+    def update_weight_sums(self) -> None:
+        """Recompute ``w_sum`` from ``qweight`` (shifted layers; a no-op otherwise)."""
+        if self.w_sum is None:
+            return
+        sums = self.qweight.sum(dim=1, dtype=torch.int32)
+        if self.w_sum.shape == sums.shape and self.w_sum.device == sums.device:
+            self.w_sum.copy_(sums)  # in place: a captured CUDA graph keeps reading this buffer
+        else:
+            self.w_sum = sums
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self.update_weight_sums()
+
     def _apply(self, fn, recurse=True):
         # model.half() / .to(torch.bfloat16) casts every floating buffer; the scales and the
         # smoothing multipliers are float32 by contract, so they are cast back (bias follows).
@@ -191,7 +215,7 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.ops.int8q.matmul(
-            x, self.qweight, self.w_scale, self.act_scale, self.act_shift, self.bias, self.smooth
+            x, self.qweight, self.w_scale, self.act_scale, self.act_shift, self.bias, self.smooth, self.w_sum
         )
 
     def extra_repr(self) -> str:

@@ -46,13 +46,17 @@ def matmul(
     x_shift: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
     x_smooth: Optional[Tensor] = None,
+    w_sum: Optional[Tensor] = None,
 ) -> Tensor:
     """The W8A8 linear layer: quantize ``x``, int8 GEMM with int32 accumulation, dequantize.
 
     ``x_smooth`` (float32 ``[K]``): quantize ``x * x_smooth`` per input channel instead of
-    ``x`` (see :func:`quantize_activation`). Returns ``[..., N]`` in ``x.dtype``.
+    ``x`` (see :func:`quantize_activation`). ``w_sum`` (int32 ``[N]``, with ``x_shift``
+    only): ``qweight.sum(1, dtype=torch.int32)``, computed once by the caller instead of by
+    a pass over the weights on every call; it is used as given. Returns ``[..., N]`` in
+    ``x.dtype``.
     """
-    return torch.ops.int8q.matmul.default(x, qweight, w_scale, x_scale, x_shift, bias, x_smooth)
+    return torch.ops.int8q.matmul.default(x, qweight, w_scale, x_scale, x_shift, bias, x_smooth, w_sum)
 
 
 def scaled_mm(
@@ -122,10 +126,12 @@ def _matmul_fake(
     x_shift: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
     x_smooth: Optional[Tensor] = None,
+    w_sum: Optional[Tensor] = None,
 ) -> Tensor:
     _check_same_device("matmul", "qweight", qweight, x, "x")
     _check_same_device("matmul", "w_scale", w_scale, qweight, "qweight")
     _check_same_device("matmul", "bias", bias, qweight, "qweight")
+    _check_same_device("matmul", "w_sum", w_sum, qweight, "qweight")
     torch._check(x.shape[-1] == qweight.shape[1])
     _check_smooth("matmul", x_smooth, x)
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))

@@ -98,11 +98,13 @@ def _dequantize(
     shift: Optional[Tensor],
     qweight: Tensor,
     bias: Optional[Tensor],
+    w_sum: Optional[Tensor] = None,
 ) -> Tensor:
     # Same float32 operation order as the kernels: (acc * xs) * ws, + shift term, + bias.
     out = acc.float() * x_scale.float().reshape(-1, 1) * w_scale.float().reshape(1, -1)
     if shift is not None:
-        w_sum = qweight.to(torch.int64).sum(dim=1).float()
+        # The op uses w_sum as given (it is not checked against qweight).
+        w_sum = (qweight.to(torch.int64).sum(dim=1) if w_sum is None else w_sum.to(acc.device)).float()
         out = out + shift.to(out.device).float().reshape(1) * w_scale.float().reshape(1, -1) * w_sum
     if bias is not None:
         out = out + bias.float()
@@ -117,9 +119,10 @@ def matmul(
     x_shift: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
     x_smooth: Optional[Tensor] = None,
+    w_sum: Optional[Tensor] = None,
 ) -> Tensor:
     codes, row_scale = _quantize_rows(x, x_scale, x_shift, x_smooth)
-    out = _dequantize(int_matmul(codes, qweight), row_scale, w_scale, x_shift, qweight, bias)
+    out = _dequantize(int_matmul(codes, qweight), row_scale, w_scale, x_shift, qweight, bias, w_sum)
     return out.to(x.dtype).reshape(*x.shape[:-1], qweight.shape[0])
 
 
