@@ -16,7 +16,6 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 import common
 
@@ -60,45 +59,13 @@ def main() -> int:
         "two-pass": two_pass,
         "sm80": with_env("INT8Q_DISABLE_SM90A", two_pass),
     }
-    rows, records = [], []
-    for k, n in args.shapes:
+
+    def weights_for(k, n):
         w = torch.randn(n, k, device=device, dtype=torch.float16) / k**0.5
         qw, ws = int8q.quantize_weight(w)
-        for m in args.m:
-            x = torch.randn(m, k, device=device, dtype=torch.float16)
-            per_call = n * k * 3 + m * k * 2
-            copies = common.rotation_copies(per_call, device, bytes_per_copy=n * k * 3)
-            sets = common.Rotation(x, qw, ws, w).take(copies)
-            ref = F.linear(x, w)
-            all_methods = {"fp16": lambda x, qw, ws, w: F.linear(x, w), **methods}
-            row = [f"{k}x{n}", m]
-            rec = {"k": k, "n": n, "m": m}
-            live = {}
-            for name, fn in all_methods.items():
-                err = 0.0 if name == "fp16" else common.rel_err(fn(x, qw, ws, w), ref)
-                if err > 5e-2:
-                    rec[name] = None
-                    rec[name + "_error"] = err
-                else:
-                    live[name] = fn
-            # Rounds with the order rotated by one each time; each method keeps its median
-            # round, so neither a stall of the card nor the order of the columns moves a number.
-            fns = {name: common.cycle_calls(fn, sets) for name, fn in live.items()}
-            times = {name: [t.median_us for t in ts] for name, ts in common.time_in_rounds(fns, args).items()}
-            med = {name: common.median_round(ts) for name, ts in times.items()}
-            fp16 = med.get("fp16")
-            rec["fp16_us"] = fp16
-            row.append(common.fmt_us(fp16) if fp16 else "MISMATCH")
-            for name in methods:
-                if name not in med:
-                    row.append(f"MISMATCH {rec[name + '_error']:.2g}")
-                    continue
-                rec[name + "_us"] = med[name]
-                rec[name + "_round_us"] = times[name]
-                row.append(f"{common.fmt_us(med[name])} ({fp16 / med[name]:.2f}x)" if fp16 else common.fmt_us(med[name]))
-            rows.append(row)
-            records.append(rec)
-            print(" | ".join(str(c) for c in row), flush=True)
+        return qw, ws, w
+
+    rows, records = common.sweep_by_m(args, device, methods, weights_for)
     machine = common.machine_info(device)
     slug = common.card_slug(machine["device_name"])
     os.makedirs(args.out, exist_ok=True)

@@ -253,6 +253,59 @@ def cycle_calls(call: Callable[..., object], arg_sets: Sequence[Tuple]) -> Calla
     return lambda: call(*next(sets))
 
 
+def sweep_by_m(args: argparse.Namespace, device: torch.device,
+               methods: Dict[str, Callable[..., torch.Tensor]],
+               weights_for: Callable[[int, int], Tuple[torch.Tensor, ...]],
+               x_offset: float = 0.0) -> Tuple[List[List[object]], List[Dict[str, object]]]:
+    """Every method against ``F.linear`` fp16 at each (K, N) of args.shapes and M of args.m.
+
+    ``weights_for(k, n)`` gives the weight tensors, the fp16 weight last; a method is called
+    as ``fn(x, *weights)`` with ``x`` [M, K] fp16 (normal, + x_offset). Inputs rotate past
+    L2; a method whose output is off fp16's by more than 5% is reported, not timed. Each case
+    is timed in rounds (time_in_rounds) and each method keeps its median round. Returns the
+    table rows ("K x N", M, fp16 us, then "us (speedup)" per method) and one record per case.
+    """
+    import torch.nn.functional as F
+
+    rows: List[List[object]] = []
+    records: List[Dict[str, object]] = []
+    fp16_linear = lambda x, *weights: F.linear(x, weights[-1])  # noqa: E731
+    for k, n in args.shapes:
+        weights = weights_for(k, n)
+        for m in args.m:
+            x = torch.randn(m, k, device=device, dtype=torch.float16) + x_offset
+            copies = rotation_copies(n * k * 3 + m * k * 2, device, bytes_per_copy=n * k * 3)
+            sets = Rotation(x, *weights).take(copies)
+            ref = fp16_linear(x, *weights)
+            row: List[object] = [f"{k}x{n}", m]
+            rec: Dict[str, object] = {"k": k, "n": n, "m": m}
+            live = {"fp16": fp16_linear}
+            for name, fn in methods.items():
+                err = rel_err(fn(x, *weights), ref)
+                if err > 5e-2:
+                    rec[name] = None
+                    rec[name + "_error"] = err
+                else:
+                    live[name] = fn
+            fns = {name: cycle_calls(fn, sets) for name, fn in live.items()}
+            times = {name: [t.median_us for t in ts] for name, ts in time_in_rounds(fns, args).items()}
+            med = {name: median_round(ts) for name, ts in times.items()}
+            fp16 = med["fp16"]
+            rec["fp16_us"] = fp16
+            row.append(fmt_us(fp16))
+            for name in methods:
+                if name not in med:
+                    row.append(f"MISMATCH {rec[name + '_error']:.2g}")
+                    continue
+                rec[name + "_us"] = med[name]
+                rec[name + "_round_us"] = times[name]
+                row.append(f"{fmt_us(med[name])} ({fp16 / med[name]:.2f}x)")
+            rows.append(row)
+            records.append(rec)
+            print(" | ".join(str(c) for c in row), flush=True)
+    return rows, records
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref||_F / ||ref||_F in float32; inf when anything is NaN or Inf."""
     out, ref = out.float(), ref.float()
