@@ -260,13 +260,14 @@ def test_scaled_mm_unit_scales_exact(rng, m, kn):
 # (M, K, N): the Hopper GEMM's tile plans, whose output goes out through TMA stores (rows of
 # 16-byte multiples), with row and column tails of their tiles and 96-wide tiles; the
 # mma.sync path on other GPUs. Then rows that are not 16-byte multiples, which the Hopper
-# GEMM stores straight from registers: odd N (one element at a time) and even N (pairs),
-# on the split-K, 64-, 96-, 128- and 256-wide plans (fp32 rows of N = 4100 take TMA), and
-# K = 33, which no tensor-core path takes.
+# GEMM stores straight from registers: odd N (one element at a time) and even N (pairs), on
+# its 64-wide (the first three), 128-wide, 256-wide, split-K (16 x 14336) and 96-wide
+# (300 x 4096) plans (fp32 rows of N = 4100 take TMA), and K = 33, which no tensor-core
+# path takes.
 WRITE_ALL_CASES = [(64, 4096, 136), (17, 4096, 4104), (1000, 1024, 4096), (300, 4096, 4096),
                    (129, 272, 8), (4096, 512, 264), (200, 4096, 4096), (2100, 256, 1032),
                    (64, 4096, 1001), (17, 4096, 4102), (300, 1024, 130), (1000, 512, 4100),
-                   (2100, 256, 1030), (5, 33, 3)]
+                   (2100, 256, 1030), (16, 14336, 4102), (300, 4096, 4102), (5, 33, 3)]
 
 
 @pytest.mark.parametrize("mkn", WRITE_ALL_CASES, ids=str)
