@@ -11,11 +11,8 @@ and F.linear fp16 as the yardstick. Inputs rotate past L2. Writes dispatch_<card
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-
-import torch
 
 import common
 
@@ -23,19 +20,9 @@ DEFAULT_M = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 10
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--m", type=common.parse_int_list, default=DEFAULT_M)
-    parser.add_argument("--shapes", type=common.parse_shapes, default=common.LINEAR_SHAPES)
-    common.add_rounds_arg(parser)
-    common.add_timing_args(parser, warmup_ms=10, rep_ms=40)
-    args = parser.parse_args()
-    common.check_rounds(args, parser)
-    device = common.require_cuda("bench_dispatch.py")
-    int8q, why = common.load_int8q()
+    args, device, int8q = common.m_sweep_setup("bench_dispatch.py", __doc__, DEFAULT_M)
     if int8q is None:
-        print(f"bench_dispatch.py: {why}", file=sys.stderr)
         return 2
-    torch.manual_seed(0)
 
     def with_env(name, fn):
         def call(*args):
@@ -60,19 +47,11 @@ def main() -> int:
         "sm80": with_env("INT8Q_DISABLE_SM90A", two_pass),
     }
 
-    def weights_for(k, n):
-        w = torch.randn(n, k, device=device, dtype=torch.float16) / k**0.5
-        qw, ws = int8q.quantize_weight(w)
-        return qw, ws, w
-
-    rows, records = common.sweep_by_m(args, device, methods, weights_for)
-    machine = common.machine_info(device)
-    slug = common.card_slug(machine["device_name"])
-    os.makedirs(args.out, exist_ok=True)
-    common.write_json(os.path.join(args.out, f"dispatch_{slug}.json"), {"machine": machine, "results": records})
-    table = common.markdown_table(["K x N", "M", "fp16 us", "matmul", "matmul no-PDL", "two-pass", "sm80 two-pass"], rows, 1)
-    common.write_text(os.path.join(args.out, f"dispatch_{slug}.md"),
-                      "# int8q kernel paths by M\n\n" + common.machine_markdown(machine, common.TIMING_NOTE + common.ROUNDS_NOTE) + "\n" + table)
+    rows, records = common.sweep_by_m(args, device, methods,
+                                      lambda k, n: common.quantized_linear(int8q, device, k, n))
+    common.write_m_sweep(args, device, "dispatch", "int8q kernel paths by M",
+                         ["K x N", "M", "fp16 us", "matmul", "matmul no-PDL", "two-pass", "sm80 two-pass"],
+                         rows, records)
     return 0
 
 

@@ -253,6 +253,48 @@ def cycle_calls(call: Callable[..., object], arg_sets: Sequence[Tuple]) -> Calla
     return lambda: call(*next(sets))
 
 
+def m_sweep_setup(script: str, description: str, default_m: Sequence[int]
+                  ) -> Tuple[argparse.Namespace, Optional[torch.device], Optional[object]]:
+    """Arguments (--m, --shapes, rounds and timing), the GPU and int8q of an M-sweep script
+    (bench_dispatch.py, bench_shifted.py). int8q is None when it cannot be loaded (printed);
+    the torch seed is set to 0."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--m", type=parse_int_list, default=list(default_m))
+    parser.add_argument("--shapes", type=parse_shapes, default=LINEAR_SHAPES)
+    add_rounds_arg(parser)
+    add_timing_args(parser, warmup_ms=10, rep_ms=40)
+    args = parser.parse_args()
+    check_rounds(args, parser)
+    device = require_cuda(script)
+    int8q, why = load_int8q()
+    if int8q is None:
+        print(f"{script}: {why}", file=sys.stderr)
+        return args, device, None
+    torch.manual_seed(0)
+    return args, device, int8q
+
+
+def quantized_linear(int8q, device: torch.device, k: int, n: int) -> Tuple[torch.Tensor, ...]:
+    """(qweight, w_scale, w): a random fp16 layer weight [N, K] (std 1/sqrt(K)) and int8q's
+    quantization of it."""
+    w = torch.randn(n, k, device=device, dtype=torch.float16) / k**0.5
+    qw, ws = int8q.quantize_weight(w)
+    return qw, ws, w
+
+
+def write_m_sweep(args: argparse.Namespace, device: torch.device, stem: str, title: str,
+                  header: Sequence[str], rows: List[List[object]], records: List[Dict[str, object]],
+                  intro: str = "") -> None:
+    """<stem>_<card>.json (machine + records) and .md (title, machine, intro, table) in args.out."""
+    machine = machine_info(device)
+    slug = card_slug(machine["device_name"])
+    os.makedirs(args.out, exist_ok=True)
+    write_json(os.path.join(args.out, f"{stem}_{slug}.json"), {"machine": machine, "results": records})
+    write_text(os.path.join(args.out, f"{stem}_{slug}.md"),
+               f"# {title}\n\n" + machine_markdown(machine, TIMING_NOTE + ROUNDS_NOTE) + "\n" + intro
+               + markdown_table(header, rows, 1))
+
+
 def sweep_by_m(args: argparse.Namespace, device: torch.device,
                methods: Dict[str, Callable[..., torch.Tensor]],
                weights_for: Callable[[int, int], Tuple[torch.Tensor, ...]],
