@@ -868,20 +868,29 @@ EncodeTiledFn encode_tiled_fn() {
   return fn;
 }
 
-// A row-major int8 matrix [rows, cols] (row stride `ld` bytes) read as boxes of
-// `box_rows` x 128 bytes into 128B-swizzled shared memory; zeros outside the matrix.
-bool encode_operand(CUtensorMap* map, const int8_t* ptr, int64_t rows, int64_t cols, int64_t ld,
-                    int box_rows) {
+// A row-major 2-D tensor [rows, cols] of `type` (row stride `ld` bytes) moved in boxes of
+// box_rows x box_cols elements; reads outside the tensor give zeros, writes outside it are
+// dropped.
+bool encode_2d(CUtensorMap* map, CUtensorMapDataType type, const void* ptr, int64_t rows,
+               int64_t cols, int64_t ld, int box_cols, int box_rows, CUtensorMapSwizzle swizzle,
+               CUtensorMapL2promotion promotion) {
   const EncodeTiledFn encode = encode_tiled_fn();
   if (encode == nullptr) return false;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld)};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kBlockK), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(box_cols), static_cast<cuuint32_t>(box_rows)};
   const cuuint32_t elem_strides[2] = {1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<int8_t*>(ptr), dims, strides, box,
-                elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+  return encode(map, type, 2, const_cast<void*>(ptr), dims, strides, box, elem_strides,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, promotion,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// A row-major int8 matrix [rows, cols] (row stride `ld` bytes) read as boxes of
+// `box_rows` x 128 bytes into 128B-swizzled shared memory; zeros outside the matrix.
+bool encode_operand(CUtensorMap* map, const int8_t* ptr, int64_t rows, int64_t cols, int64_t ld,
+                    int box_rows) {
+  return encode_2d(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, ptr, rows, cols, ld, kBlockK, box_rows,
+                   CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -890,19 +899,13 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // 16 rows x 64 bytes, 64B-swizzled (store_band_tma).
 template <typename OutT>
 bool encode_output(CUtensorMap* map, OutT* ptr, int64_t rows, int64_t cols) {
-  const EncodeTiledFn encode = encode_tiled_fn();
-  if (encode == nullptr) return false;
   const CUtensorMapDataType type =
       std::is_same<OutT, float>::value    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
       : std::is_same<OutT, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
                                           : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols * sizeof(OutT))};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kOutChunkBytes / sizeof(OutT)), 16};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  return encode(map, type, 2, ptr, dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  return encode_2d(map, type, ptr, rows, cols, cols * sizeof(OutT),
+                   kOutChunkBytes / static_cast<int>(sizeof(OutT)), 16, CU_TENSOR_MAP_SWIZZLE_64B,
+                   CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
 // 256-wide tiles read shared memory most efficiently; 128-wide ones when they fill more SMs.
