@@ -68,6 +68,22 @@
 //   rows were written 1.5 us after the start, the release arrivals took ~1.3 us more, and the
 //   TMA thread saw the barrier flip at ~3 us, all on the critical path; with PDL the two-kernel
 //   call hides most of the quantizer (this GEMM's launch and its first W tiles overlap it).
+//   Also tried and left out: a quantizing form at large M, meant to hide the quantize pass
+//   (352 MB at 14336x4096 M = 8192) under the tensor-bound main loops. Warps took rows of x
+//   from a global counter and quantized each with the quantize kernel's code (one warp per
+//   row), publishing per-row-tile counts that the TMA thread acquired (then a proxy fence)
+//   before its A loads. Every warp quantized the first wave's row tiles before the main loops;
+//   the producer's two spare warps (72 registers, consumers 216) did the rest while the
+//   consumers multiplied; the tile groups shrank to one wave's row tiles. Bit-identical, and
+//   slower at every point measured (H100, matmul dynamic fp16, us; quantize kernel + GEMM /
+//   this form / raw GEMM): 4096x4096 M = 2048 56.3 / 69.6 / 50.2, M = 8192 230.4 / 262.3 /
+//   182.6; 14336x4096 M = 2048 203.1 / 234.3 / 153.1, M = 8192 741.2 / 948.0 / 650.8. The
+//   spare warps sustained ~0.35 TB/s against the ~0.5 that N = 4096 needs, and even with
+//   every warp quantizing all rows before the main loops the kernel took 896 us at 14336x4096
+//   M = 8192 (245 us over the raw GEMM, against 90 for the quantize kernel). Not established
+//   why; likely that each warp reads its 28 KB row twice (absmax, then codes) in serial
+//   chunks, where the quantize kernel holds a whole row in the registers of 256 threads.
+//   Loads with L1::no_allocate and 16 loads in flight per lane did not help.
 // - Epilogue (no M x N intermediate): per-row x scale (loaded at tile start), channel_terms of
 //   epilogue.cuh (double-buffered in shared memory, handed over by an mbarrier pair),
 //   apply_epilogue, then out through TMA: each consumer warp writes its 16 rows into one of
