@@ -121,8 +121,8 @@
 //   Also prefetching the first unit's remaining W tiles into L2 there was slower at every M
 //   of 16..1024 on the four LLM shapes (H200, matmul with the weights rotated out of L2:
 //   4096x4096 M = 128 13.2 us without, 13.5 / 14.2 with 96 / 256 KB per CTA).
-//   A long matmul GEMM is launched without PDL (run_typed): it then starts once the
-//   quantizer has finished, and these loads simply come first.
+//   The longest matmul GEMMs (over 2^41 ops) are launched without PDL (run_typed): they
+//   then start once the quantizer has finished, and these loads simply come first.
 //
 // Built for every arch of the extension; the kernel body exists only for sm_90a
 // (__CUDA_ARCH_FEAT_SM90_ALL), and gemm_sm90a returns false unless INT8Q_HAVE_SM90A is set.
@@ -1080,18 +1080,21 @@ bool launch_gemm(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64
 }
 
 // Integer ops (2 * M * N * K) from which matmul's GEMM is launched without PDL (run_typed).
-constexpr double kLongGemmOps = static_cast<double>(int64_t{1} << 37);  // 137 GOP
+constexpr double kLongGemmOps = static_cast<double>(int64_t{1} << 41);  // 2.2 TOP
 
 template <typename OutT>
 bool run_typed(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t n, int64_t k,
                const Epilogue& ep, void* out, int num_sms, bool w_ready, cudaStream_t stream) {
   const Plan plan = pick_plan<OutT>(m, n, ceil_div(k, kBlockK), num_sms);
-  // matmul (w_ready: the quantizer runs just before) launches a long GEMM without PDL. Early
-  // W loads save a few microseconds a call at most, and with the GEMM launched early a large
-  // call ran 2-10% slower (H100, same run, GEMM with and without PDL: 8192x28672 M = 8192
-  // 3428 against 3072 us, M = 2048 819 against 755; 4096x14336 M = 8192 912 against 843;
-  // 4096x4096 M = 8192 289 against 271), while at 2 * M * N * K <= 69 GOP PDL won or tied
-  // (4096x4096 M = 512: 22.0 against 24.5 us; M = 2048: 71.0 against 72.2).
+  // matmul (w_ready: the quantizer runs just before) launches its GEMM with PDL up to 2^41
+  // ops. Two A/B runs in one process on an H100 (rotated rounds, matmul dynamic, us without
+  // / with PDL for the GEMM, both runs) found PDL faster at every M >= 2048 of the LLM shapes
+  // but one: 4096x4096 M = 4096 128.1, 129.8 / 119.3, 119.2, M = 8192 245.6, 251.1 / 232.3,
+  // 233.7; 4096x14336 M = 4096 396.5, 396.4 / 369.9, 365.4; 14336x4096 M = 8192 808.0,
+  // 793.8 / 765.1, 752.9; 8192x28672 M = 2048 723.2, 718.5 / 684.1, 673.9, M = 4096 1410,
+  // 1426 / 1401, 1400; but M = 8192 (3.8 TOP) 2725, 2781 / 2886, 2942. (Calls that run the
+  // same path in both columns differed by up to 4%.) An earlier version of this kernel had
+  // measured PDL 2-10% slower from 137 GOP on (4096x4096 M = 8192 289 against 271 us).
   const bool pdl = !w_ready || 2.0 * m * n * k < kLongGemmOps;
   switch (plan.block_n) {
     case 256: return launch_gemm<256, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, pdl, stream);
