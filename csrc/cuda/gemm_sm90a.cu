@@ -1088,13 +1088,14 @@ bool run_typed(const int8_t* a, int64_t lda, const int8_t* w, int64_t m, int64_t
   const Plan plan = pick_plan<OutT>(m, n, ceil_div(k, kBlockK), num_sms);
   // matmul (w_ready: the quantizer runs just before) launches its GEMM with PDL up to 2^41
   // ops. Two A/B runs in one process on an H100 (rotated rounds, matmul dynamic, us without
-  // / with PDL for the GEMM, both runs) found PDL faster at every M >= 2048 of the LLM shapes
-  // but one: 4096x4096 M = 4096 128.1, 129.8 / 119.3, 119.2, M = 8192 245.6, 251.1 / 232.3,
-  // 233.7; 4096x14336 M = 4096 396.5, 396.4 / 369.9, 365.4; 14336x4096 M = 8192 808.0,
-  // 793.8 / 765.1, 752.9; 8192x28672 M = 2048 723.2, 718.5 / 684.1, 673.9, M = 4096 1410,
-  // 1426 / 1401, 1400; but M = 8192 (3.8 TOP) 2725, 2781 / 2886, 2942. (Calls that run the
-  // same path in both columns differed by up to 4%.) An earlier version of this kernel had
-  // measured PDL 2-10% slower from 137 GOP on (4096x4096 M = 8192 289 against 271 us).
+  // / with PDL for the GEMM, both runs) found PDL faster for every call of the LLM shapes
+  // over 2^37 ops (M >= 2048) but one, e.g. 4096x4096 M = 4096 128.1, 129.8 / 119.3,
+  // 119.2, M = 8192 245.6, 251.1 / 232.3, 233.7; 4096x14336 M = 4096 396.5, 396.4 / 369.9,
+  // 365.4; 14336x4096 M = 8192 808.0, 793.8 / 765.1, 752.9; 8192x28672 M = 2048 723.2,
+  // 718.5 / 684.1, 673.9, M = 4096 1410, 1426 / 1401, 1400; but M = 8192 (3.8 TOP) 2725,
+  // 2781 / 2886, 2942. (Calls that run the same path in both columns differed by up to 4%.)
+  // An earlier version of this kernel had measured PDL 2-10% slower from 137 GOP on
+  // (4096x4096 M = 8192 289 against 271 us).
   const bool pdl = !w_ready || 2.0 * m * n * k < kLongGemmOps;
   switch (plan.block_n) {
     case 256: return launch_gemm<256, OutT>(a, lda, w, m, n, k, plan, ep, out, num_sms, w_ready, pdl, stream);
