@@ -192,7 +192,11 @@ def test_quantize_weight_vs_reference(rng, nk, dtype, per_channel):
     assert_scales_equal(w_scale, cpu_s)
 
 
-@pytest.mark.parametrize("shape", [(1, 16), (3, 17), (1000, 4096), (4096, 4096), (4, 8, 100), (7, 14336)], ids=str)
+# (200, 4096): more rows than an H100/H200 has SMs, still spread one row to a block
+# (launch_quantize_rows: up to two blocks per SM).
+@pytest.mark.parametrize(
+    "shape", [(1, 16), (3, 17), (200, 4096), (1000, 4096), (4096, 4096), (4, 8, 100), (7, 14336)], ids=str
+)
 @pytest.mark.parametrize("dtype", HALF_DTYPES + (torch.float32,), ids=dtype_id)
 @pytest.mark.parametrize("mode", MODES)
 def test_quantize_activation_exact(rng, mode, dtype, shape):
