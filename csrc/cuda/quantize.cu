@@ -59,6 +59,11 @@ constexpr int kRowBlocksPerSm = !HasSmooth && kVecs == 4 ? 4 : 3;
 // 14.2 / 15.5, M = 256 14.4 / 15.2; 4096x14336 M = 192 31.8 / 32.6, M = 256 32.8 / 33.6.
 // Four: the quantizer faster at M = 384 and 512 (4.3 / 4.8, 4.6 / 5.4 us), but matmul no faster
 // there (4096x4096 M = 512 19.6 against 18.9 us).
+// Also tried: matmul's quantizer spreading only as far as leaves room for every CTA of the
+// Hopper GEMM after it, so that all of them start and load their first weight tiles while
+// it runs (a GEMM CTA takes a whole SM's registers). Bit-identical and no better (H200,
+// matmul dynamic, us with / without, one row to a block without): 4096x4096 M = 128 13.0 /
+// 13.2, but M = 96 13.8 / 12.9 and M = 112 13.9 / 13.4.
 constexpr int64_t kSpreadBlocksPerSm = 2;
 
 // What a launch of the row kernels does, fixed at compile time so that the hot loop holds
